@@ -1,0 +1,48 @@
+# overlayer: run as root on Debian (bookworm or later).
+#   make test     - formatting, lints, unit + case + property tests (kernel side needs root)
+#   make vm-test  - the harness inside QEMU on Debian kernels 6.1 and 6.12, plus the host kernel
+#   make bench    - speed against GNU tar (see README)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+TEST_DEBS := attr
+VM_DEBS := qemu-system-x86 busybox-static cpio attr xz-utils zstd
+
+.PHONY: all build test test-deps vm-test vm-deps fmt lint replay prop bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# Installs what the tests need on a fresh Debian machine (idempotent).
+test-deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@grep -qw overlay /proc/filesystems || modprobe overlay || echo "note: overlay module unavailable; kernel-side tests will be reported as skipped"
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: test-deps fmt lint
+	$(CARGO) test --workspace --release
+	$(CARGO) run --release -q -p overlayer-harness --bin overlayer -- replay cases
+	$(CARGO) run --release -q -p overlayer-harness --bin overlayer -- prop --cases 2000 --seed 1
+
+replay: build
+	./target/release/overlayer replay cases
+
+prop: build
+	./target/release/overlayer prop --cases 10000 --seed $${SEED:-0}
+
+vm-test:
+	./vm/vm-test.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,334 @@
+//! The case file format (documented in `cases/README.md`): a `why`, layers as
+//! ordered tar entries, and the expected outcome. Generated cases use it too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use overlayer::tree::View;
+use serde::{Deserialize, Serialize};
+
+/// One regression case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// One or two sentences: the behaviour, and the source of the rule or bug.
+    pub why: String,
+    /// Kernel features the case needs (`userxattr`, `xwhiteouts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
+    /// Layers, bottom first; each a list of tar entries in archive order.
+    pub layers: Vec<Vec<TarEntry>>,
+    pub expect: Expect,
+}
+
+/// The expected outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Expect {
+    /// The merged view (recorded from the kernel, reviewed by hand).
+    View(View),
+    /// A refusal: the layer, entry and rule code the error must name.
+    Error(ExpectedError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedError {
+    pub layer: usize,
+    pub entry: String,
+    pub rule: String,
+}
+
+/// A tar entry as written in a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TarEntry {
+    /// The name exactly as stored in the archive (may be hostile: `../x`).
+    pub path: String,
+    #[serde(rename = "type", default, skip_serializing_if = "EntryType::is_file")]
+    pub kind: EntryType,
+    /// Content of a regular file.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    /// Symlink target or hardlink target name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Permission bits, octal text; default 0644 (files), 0755 (dirs), 0777 (symlinks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub mtime: i64,
+    /// Device numbers of char and block devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<[u32; 2]>,
+    /// PAX `SCHILY.xattr.*` records.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    #[default]
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Fifo,
+    Char,
+    Block,
+}
+
+impl EntryType {
+    fn is_file(&self) -> bool {
+        *self == EntryType::File
+    }
+}
+
+impl TarEntry {
+    pub fn mode_bits(&self) -> u32 {
+        match &self.mode {
+            Some(m) => u32::from_str_radix(m, 8).unwrap_or(0o644),
+            None => match self.kind {
+                EntryType::Dir => 0o755,
+                EntryType::Symlink | EntryType::Hardlink => 0o777,
+                _ => 0o644,
+            },
+        }
+    }
+}
+
+/// Builds the tar bytes of one layer. Names are written raw (a PAX `path`
+/// record when longer than the header field), so hostile names survive.
+pub fn build_tar(entries: &[TarEntry]) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut header = tar::Header::new_ustar();
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        let kind = match e.kind {
+            EntryType::File => tar::EntryType::Regular,
+            EntryType::Dir => tar::EntryType::Directory,
+            EntryType::Symlink => tar::EntryType::Symlink,
+            EntryType::Hardlink => tar::EntryType::Link,
+            EntryType::Fifo => tar::EntryType::Fifo,
+            EntryType::Char => tar::EntryType::Char,
+            EntryType::Block => tar::EntryType::Block,
+        };
+        header.set_entry_type(kind);
+        header.set_mode(e.mode_bits());
+        header.set_uid(e.uid as u64);
+        header.set_gid(e.gid as u64);
+        header.set_mtime(e.mtime.max(0) as u64);
+        let data: &[u8] = if e.kind == EntryType::File {
+            e.text.as_bytes()
+        } else {
+            b""
+        };
+        header.set_size(data.len() as u64);
+        if let Some([major, minor]) = e.rdev {
+            header.set_device_major(major)?;
+            header.set_device_minor(minor)?;
+        }
+        set_raw(
+            &mut header.as_old_mut().name,
+            "path",
+            e.path.as_bytes(),
+            &mut pax,
+        );
+        if let Some(target) = &e.target {
+            if !matches!(e.kind, EntryType::Symlink | EntryType::Hardlink) {
+                bail!("{}: only symlinks and hardlinks have a target", e.path);
+            }
+            set_raw(
+                &mut header.as_old_mut().linkname,
+                "linkpath",
+                target.as_bytes(),
+                &mut pax,
+            );
+        } else if matches!(e.kind, EntryType::Symlink | EntryType::Hardlink) {
+            bail!("{}: a link needs a target", e.path);
+        }
+        for (name, value) in &e.xattrs {
+            pax.push((format!("SCHILY.xattr.{name}"), xattr_bytes(value)?));
+        }
+        if !pax.is_empty() {
+            builder.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+        header.set_cksum();
+        builder.append(&header, data)?;
+    }
+    Ok(builder.into_inner()?)
+}
+
+/// Decodes a case xattr value: text, or `hex:…` for bytes.
+pub fn xattr_bytes(value: &str) -> Result<Vec<u8>> {
+    match value.strip_prefix("hex:") {
+        Some(h) => hex::decode(h).context("xattr hex value"),
+        None => Ok(value.as_bytes().to_vec()),
+    }
+}
+
+fn set_raw(field: &mut [u8], pax_key: &str, value: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
+    if value.len() <= field.len() {
+        field.fill(0);
+        field[..value.len()].copy_from_slice(value);
+    } else {
+        let cut = field.len().min(value.len());
+        field.copy_from_slice(&value[..cut]);
+        pax.push((pax_key.to_string(), value.to_vec()));
+    }
+}
+
+/// A case read from disk, with its name (file stem).
+#[derive(Debug, Clone)]
+pub struct CaseFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub case: Case,
+}
+
+/// Reads one case file.
+pub fn load(path: &Path) -> Result<CaseFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let case: Case =
+        serde_json::from_str(&text).with_context(|| format!("parse case {}", path.display()))?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(CaseFile {
+        name,
+        path: path.to_path_buf(),
+        case,
+    })
+}
+
+/// Every `*.json` case under the given files and directories (recursively),
+/// sorted by path.
+pub fn discover(roots: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for root in roots {
+        if root.is_dir() {
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                for item in
+                    std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))?
+                {
+                    let path = item?.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.extension().is_some_and(|e| e == "json") {
+                        out.push(path);
+                    }
+                }
+            }
+        } else {
+            out.push(root.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Serialises a case so it reads well in a diff: one tar entry per line, one
+/// view node per line.
+pub fn to_pretty_json(case: &Case) -> Result<String> {
+    let line = |v: &serde_json::Value| serde_json::to_string(v).expect("json");
+    let mut out = String::from("{\n");
+    out.push_str(&format!("  \"why\": {},\n", line(&case.why.clone().into())));
+    if !case.requires.is_empty() {
+        out.push_str(&format!(
+            "  \"requires\": {},\n",
+            serde_json::to_string(&case.requires)?
+        ));
+    }
+    out.push_str("  \"layers\": [\n");
+    for (i, layer) in case.layers.iter().enumerate() {
+        out.push_str("    [\n");
+        for (j, entry) in layer.iter().enumerate() {
+            let comma = if j + 1 < layer.len() { "," } else { "" };
+            out.push_str(&format!("      {}{comma}\n", serde_json::to_string(entry)?));
+        }
+        let comma = if i + 1 < case.layers.len() { "," } else { "" };
+        out.push_str(&format!("    ]{comma}\n"));
+    }
+    out.push_str("  ],\n");
+    match &case.expect {
+        Expect::Error(e) => {
+            out.push_str(&format!(
+                "  \"expect\": {{\"error\": {}}}\n",
+                serde_json::to_string(e)?
+            ));
+        }
+        Expect::View(view) => {
+            out.push_str("  \"expect\": {\"view\": {\n    \"nodes\": {\n");
+            let n = view.nodes.len();
+            for (i, (path, node)) in view.nodes.iter().enumerate() {
+                let comma = if i + 1 < n { "," } else { "" };
+                out.push_str(&format!(
+                    "      {}: {}{comma}\n",
+                    serde_json::to_string(path)?,
+                    serde_json::to_string(node)?
+                ));
+            }
+            out.push_str("    }");
+            if !view.defects.is_empty() {
+                out.push_str(&format!(
+                    ",\n    \"defects\": {}",
+                    serde_json::to_string(&view.defects)?
+                ));
+            }
+            out.push_str("\n  }}\n");
+        }
+    }
+    out.push_str("}\n");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_json_round_trips() {
+        let case = Case {
+            why: "w".into(),
+            requires: vec![],
+            layers: vec![vec![TarEntry {
+                path: "a".into(),
+                text: "x".into(),
+                ..Default::default()
+            }]],
+            expect: Expect::Error(ExpectedError {
+                layer: 0,
+                entry: "a".into(),
+                rule: "r".into(),
+            }),
+        };
+        let text = to_pretty_json(&case).unwrap();
+        let back: Case = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.layers, case.layers);
+    }
+
+    #[test]
+    fn hostile_names_are_written_raw() {
+        let tar = build_tar(&[TarEntry {
+            path: "../victim/x".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(&tar[..11], b"../victim/x");
+    }
+}

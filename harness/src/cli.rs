@@ -1,0 +1,452 @@
+//! The `overlayer` command.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use overlayer::tree::{self, View};
+use overlayer::ConvertOptions;
+
+use crate::case;
+use crate::kernel;
+use crate::prop::{self, PropOptions};
+use crate::replay::{self, ReplayOptions, Verdict};
+
+#[derive(Parser)]
+#[command(
+    name = "overlayer",
+    version,
+    about = "OCI layer tars ⇄ overlayfs-native layers, checked against the kernel",
+    long_about = "overlayer converts OCI image layers (tar, tar+gzip, tar+zstd) into \
+overlayfs-native layer directories, applies them in userspace exactly as the OCI image \
+spec says, and checks both against the kernel's own overlay merge.\n\n\
+Exit status: 0 success, 1 a comparison found differences or a case failed, \
+2 bad input or an error (the message names the layer, entry and rule)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply layers (bottom first) into a new flat rootfs directory.
+    ///
+    /// ROOTFS must not exist; it is built in a temporary sibling and renamed
+    /// into place, so a failure leaves nothing behind.
+    Apply {
+        /// Layer tars, bottom first (plain, gzip or zstd; detected by magic).
+        #[arg(required = true)]
+        layers: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Convert layers into overlay-native directories OUT/0 … OUT/N-1.
+    ///
+    /// Prints the `lowerdir=` value to mount them (top first). Whiteouts are
+    /// char devices 0/0, opaque directories carry trusted.overlay.opaque=y
+    /// (user.overlay.opaque with --userxattr).
+    Convert {
+        #[arg(required = true)]
+        layers: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Write user.overlay.* markers, for `mount -o userxattr`.
+        #[arg(long)]
+        userxattr: bool,
+    },
+    /// Convert on a private tmpfs, mount with overlayfs, print the kernel's
+    /// merged view, unmount. Needs root.
+    Mount {
+        #[arg(required = true)]
+        layers: Vec<PathBuf>,
+        #[arg(long)]
+        userxattr: bool,
+        /// Print the view as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two directory trees; exit 0 if the same, 1 if different.
+    ///
+    /// Compares type, permission bits, owner, size, content, symlink target,
+    /// device numbers, xattrs (overlay-private ones excluded), mtimes of
+    /// non-directories and hardlink groups.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay regression cases: userspace apply, and convert + kernel mount
+    /// where possible, each against the case's expected outcome.
+    Replay {
+        /// Case files or directories (recursive); default `cases`.
+        paths: Vec<PathBuf>,
+        /// Write a JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a JUnit XML report here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Mount with -o userxattr (user.overlay.* markers).
+        #[arg(long)]
+        userxattr: bool,
+        /// Rewrite each case's expected outcome from the kernel's view.
+        #[arg(long)]
+        record: bool,
+    },
+    /// Generate layer stacks and check kernel(convert) = apply = model.
+    Prop {
+        /// Number of stacks to generate.
+        #[arg(long, default_value_t = 256)]
+        cases: u32,
+        /// Seed; the same seed reproduces a run.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Most layers in one stack.
+        #[arg(long, default_value_t = 8)]
+        max_layers: usize,
+        /// Write the shrunk failing stack here as a new case file.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Write a JSON summary here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        userxattr: bool,
+        /// Compare apply with the model only, without mounting.
+        #[arg(long)]
+        no_kernel: bool,
+    },
+    /// Probe the running kernel's overlayfs features by trial mounts.
+    Probe {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point: runs the command and maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("overlayer: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open_layers(paths: &[PathBuf]) -> Result<Vec<File>> {
+    paths
+        .iter()
+        .map(|p| File::open(p).with_context(|| format!("open layer {}", p.display())))
+        .collect()
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Apply { layers, out } => {
+            let files = open_layers(&layers)?;
+            overlayer::apply_to_new_dir(files, &out)
+                .with_context(|| format!("apply into {}", out.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Convert {
+            layers,
+            out,
+            userxattr,
+        } => {
+            let files = open_layers(&layers)?;
+            let converted =
+                overlayer::convert_to_new_dir(files, &out, ConvertOptions { userxattr })
+                    .with_context(|| format!("convert into {}", out.display()))?;
+            println!("lowerdir={}", converted.lowerdir());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mount {
+            layers,
+            userxattr,
+            json,
+        } => {
+            if let Some(reason) = kernel::unavailable() {
+                anyhow::bail!("cannot mount: {reason}");
+            }
+            let tars = layers
+                .iter()
+                .map(|p| std::fs::read(p).with_context(|| format!("read layer {}", p.display())))
+                .collect::<Result<Vec<_>>>()?;
+            let view =
+                kernel::with_scratch(|s| s.kernel_view(&tars, ConvertOptions { userxattr }))?
+                    .context("convert")?;
+            print_view(&view, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff { a, b, json } => {
+            let va = tree::capture(&a).with_context(|| format!("capture {}", a.display()))?;
+            let vb = tree::capture(&b).with_context(|| format!("capture {}", b.display()))?;
+            let diffs = tree::diff(&va, &vb);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diffs)?);
+            } else {
+                for d in &diffs {
+                    println!("{d}");
+                }
+                if diffs.is_empty() {
+                    eprintln!("same");
+                } else {
+                    eprintln!("{} difference(s)", diffs.len());
+                }
+            }
+            Ok(if diffs.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Replay {
+            paths,
+            json,
+            junit,
+            userxattr,
+            record,
+        } => replay_cmd(paths, json, junit, ReplayOptions { userxattr }, record),
+        Command::Prop {
+            cases,
+            seed,
+            max_layers,
+            save,
+            json,
+            userxattr,
+            no_kernel,
+        } => prop_cmd(
+            PropOptions {
+                cases,
+                seed,
+                max_layers,
+                userxattr,
+                kernel: !no_kernel,
+            },
+            save,
+            json,
+        ),
+        Command::Probe { json } => {
+            let f = kernel::probe();
+            if json {
+                println!("{}", serde_json::to_string(&f)?);
+            } else {
+                println!("kernel        {}", f.kernel);
+                println!("overlay       {}", f.overlay);
+                println!("userxattr     {}", f.userxattr);
+                println!("xwhiteouts    {}", f.xwhiteouts);
+                println!("lowerdir+     {}", f.lowerdir_plus);
+                if let Some(r) = &f.reason {
+                    println!("note          {r}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_view(view: &View, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    for (path, n) in &view.nodes {
+        let kind = format!("{:?}", n.kind).to_lowercase();
+        let mut line = format!("{kind:7} {:04o} {:>4}:{:<4} {path}", n.mode, n.uid, n.gid);
+        if let Some(t) = &n.target {
+            line.push_str(&format!(" -> {t}"));
+        }
+        if let Some(text) = &n.text {
+            line.push_str(&format!("  {text:?}"));
+        } else if let (Some(size), Some(sha)) = (n.size, &n.sha256) {
+            line.push_str(&format!("  {size} bytes sha256:{}", &sha[..12]));
+        }
+        for (k, v) in &n.xattrs {
+            line.push_str(&format!("  {k}={v}"));
+        }
+        writeln!(out, "{line}")?;
+    }
+    for d in &view.defects {
+        writeln!(out, "DEFECT  {d}")?;
+    }
+    Ok(())
+}
+
+fn replay_cmd(
+    paths: Vec<PathBuf>,
+    json: Option<PathBuf>,
+    junit: Option<PathBuf>,
+    opts: ReplayOptions,
+    record: bool,
+) -> Result<ExitCode> {
+    let roots = if paths.is_empty() {
+        vec![PathBuf::from("cases")]
+    } else {
+        paths
+    };
+    let files = case::discover(&roots)?;
+    anyhow::ensure!(!files.is_empty(), "no case files under {roots:?}");
+    let cases = files
+        .iter()
+        .map(|p| case::load(p))
+        .collect::<Result<Vec<_>>>()?;
+    let results = kernel::with_scratch(|scratch| {
+        let mut results = Vec::new();
+        for file in &cases {
+            if record {
+                let mut updated = file.case.clone();
+                updated.expect = replay::record(scratch, &file.case, opts)?;
+                std::fs::write(&file.path, case::to_pretty_json(&updated)?)
+                    .with_context(|| format!("write {}", file.path.display()))?;
+                let mut file = file.clone();
+                file.case = updated;
+                results.push(replay::run_case(scratch, &file, opts)?);
+            } else {
+                results.push(replay::run_case(scratch, file, opts)?);
+            }
+        }
+        Ok(results)
+    })?;
+    let width = results
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:width$}  {:6} {:6} {:>8}",
+        "case", "apply", "kernel", "ms"
+    );
+    for r in &results {
+        println!(
+            "{:width$}  {:6} {:6} {:>8.1}",
+            r.name,
+            r.apply.word(),
+            r.kernel.word(),
+            r.ms
+        );
+        for (side, v) in [("apply", &r.apply), ("kernel", &r.kernel)] {
+            match v {
+                Verdict::Fail(d) => println!("    {side}: {d}"),
+                Verdict::Skip(d) if side == "kernel" && r.name == results[0].name => {
+                    println!("    {side} skipped: {d}")
+                }
+                _ => {}
+            }
+        }
+    }
+    let t = replay::totals(&results);
+    println!(
+        "{} cases: {} passed, {} failed, {} skipped",
+        t.total, t.passed, t.failed, t.skipped
+    );
+    if t.skipped > 0 {
+        let reasons: std::collections::BTreeSet<String> = results
+            .iter()
+            .flat_map(|r| [&r.apply, &r.kernel])
+            .filter_map(|v| match v {
+                Verdict::Skip(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect();
+        for reason in reasons {
+            println!("  skipped because: {reason}");
+        }
+    }
+    if let Some(path) = json {
+        let report = serde_json::json!({
+            "total": t.total, "passed": t.passed, "failed": t.failed, "skipped": t.skipped,
+            "cases": results,
+        });
+        write_file(&path, &serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = junit {
+        write_file(&path, &replay::junit(&results))?;
+    }
+    Ok(if t.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+fn prop_cmd(opts: PropOptions, save: Option<PathBuf>, json: Option<PathBuf>) -> Result<ExitCode> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(opts.cases as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} stacks {per_sec} {msg}")
+                .expect("template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let report = kernel::with_scratch(|scratch| {
+        if opts.kernel && !scratch.can_mount() {
+            eprintln!(
+                "kernel side skipped: {}",
+                kernel::unavailable().unwrap_or_default()
+            );
+        }
+        Ok(prop::run(scratch, &opts, |n| {
+            if let Some(bar) = &bar {
+                bar.set_position(n.min(opts.cases as u64));
+            }
+        }))
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    println!(
+        "{} stacks, seed {}, kernel {}: {} failed ({} merged views compared, {} refused alike), {:.1} s, {:.0} stacks/s",
+        report.cases,
+        report.seed,
+        if report.kernel { "checked" } else { "skipped" },
+        report.failed,
+        report.mounted,
+        report.refused.values().sum::<u64>(),
+        report.seconds,
+        report.stacks_per_second
+    );
+    if !report.refused.is_empty() {
+        let parts: Vec<String> = report
+            .refused
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("refusals by rule: {}", parts.join(", "));
+    }
+    if let (Some(failure), Some(stack)) = (&report.failure, &report.minimal) {
+        let case = prop::as_case(stack, failure, opts.seed);
+        println!(
+            "minimal failing stack:\n{failure}\n{}",
+            case::to_pretty_json(&case)?
+        );
+        if let Some(dir) = &save {
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join(format!("generated-seed-{}.json", opts.seed));
+            write_file(&path, &case::to_pretty_json(&case)?)?;
+            println!("saved {}", path.display());
+        }
+    }
+    if let Some(path) = json {
+        write_file(&path, &serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(if report.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,206 @@
+//! The kernel oracle: converted layers mounted read-only with overlayfs on a
+//! private tmpfs, in a private mount namespace, and the merged view captured.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use overlayer::mount::{self, OverlayMount};
+use overlayer::tree::{self, View};
+use overlayer::ConvertOptions;
+
+/// The outcome of applying or converting a stack: a view, or the library's error.
+pub type Outcome = std::result::Result<View, overlayer::Error>;
+
+/// Why the kernel oracle cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("needs root to mount (run as root)".into());
+    }
+    match std::fs::read_to_string("/proc/filesystems") {
+        Ok(fs) if fs.lines().any(|l| l.trim_end().ends_with("overlay")) => None,
+        Ok(_) => Some("overlay filesystem not available (modprobe overlay)".into()),
+        Err(e) => Some(format!("cannot read /proc/filesystems: {e}")),
+    }
+}
+
+/// A private tmpfs for one thread's runs. Create it with [`with_scratch`].
+pub struct Scratch {
+    dir: PathBuf,
+    serial: u64,
+    /// Whether `dir` is a tmpfs in a private namespace (kernel runs possible).
+    mounted: bool,
+}
+
+/// Runs `work` with a scratch area: a tmpfs in a private mount namespace when
+/// the kernel oracle is available, else a plain temporary directory (apply
+/// and the model only). Nothing mounted survives `work`, even a panic.
+pub fn with_scratch<T: Send>(work: impl FnOnce(&mut Scratch) -> Result<T> + Send) -> Result<T> {
+    let tmp = tempfile::Builder::new()
+        .prefix("overlayer-scratch-")
+        .tempdir()
+        .context("create scratch directory")?;
+    let dir = tmp.path().to_path_buf();
+    if unavailable().is_some() {
+        let mut scratch = Scratch {
+            dir,
+            serial: 0,
+            mounted: false,
+        };
+        return work(&mut scratch);
+    }
+    mount::in_private_namespace(|| {
+        mount::mount_tmpfs(&dir)?;
+        let mut scratch = Scratch {
+            dir: dir.clone(),
+            serial: 0,
+            mounted: true,
+        };
+        Ok(work(&mut scratch))
+    })?
+}
+
+impl Scratch {
+    pub fn can_mount(&self) -> bool {
+        self.mounted
+    }
+
+    fn fresh(&mut self) -> Result<PathBuf> {
+        self.serial += 1;
+        let dir = self.dir.join(self.serial.to_string());
+        std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// The flat rootfs of `tars` (userspace apply), as a view.
+    pub fn apply_view(&mut self, tars: &[Vec<u8>]) -> Result<Outcome> {
+        let work = self.fresh()?;
+        let out = work.join("rootfs");
+        let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
+        let outcome = match overlayer::apply_to_new_dir(readers, &out) {
+            Ok(()) => Ok(tree::capture(&out)?),
+            Err(e) => Err(e),
+        };
+        remove(&work);
+        Ok(outcome)
+    }
+
+    /// The kernel's merged view of `convert(tars)`.
+    pub fn kernel_view(&mut self, tars: &[Vec<u8>], opts: ConvertOptions) -> Result<Outcome> {
+        anyhow::ensure!(self.mounted, "the kernel oracle is not available here");
+        let work = self.fresh()?;
+        let layers = work.join("l");
+        let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
+        let converted = match overlayer::convert_to_new_dir(readers, &layers, opts) {
+            Ok(c) => c,
+            Err(e) => {
+                remove(&work);
+                return Ok(Err(e));
+            }
+        };
+        let merged = work.join("m");
+        std::fs::create_dir(&merged)?;
+        let mount = OverlayMount {
+            base: layers.clone(),
+            layers: (0..converted.layers.len()).map(|i| i.to_string()).collect(),
+            userxattr: opts.userxattr,
+        };
+        mount.mount(&merged)?;
+        let view = tree::capture(&merged);
+        mount::unmount(&merged)?;
+        remove(&work);
+        Ok(Ok(view?))
+    }
+}
+
+fn remove(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Kernel features, probed by trial mounts (never by version number).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Features {
+    pub kernel: String,
+    pub overlay: bool,
+    pub userxattr: bool,
+    pub xwhiteouts: bool,
+    pub lowerdir_plus: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Probes what this kernel's overlayfs supports.
+pub fn probe() -> Features {
+    let kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut features = Features {
+        kernel,
+        overlay: false,
+        userxattr: false,
+        xwhiteouts: false,
+        lowerdir_plus: false,
+        reason: unavailable(),
+    };
+    if features.reason.is_some() {
+        return features;
+    }
+    let probed = with_scratch(|scratch| {
+        let base = scratch.fresh()?;
+        for d in ["0", "1", "m"] {
+            std::fs::create_dir(base.join(d))?;
+        }
+        std::fs::write(base.join("0/f"), b"x")?;
+        let mut m = OverlayMount {
+            base: base.clone(),
+            layers: vec!["0".into(), "1".into()],
+            userxattr: false,
+        };
+        let overlay = m.mount(&base.join("m")).is_ok();
+        if overlay {
+            mount::unmount(&base.join("m"))?;
+        }
+        m.userxattr = true;
+        let userxattr = m.mount(&base.join("m")).is_ok();
+        if userxattr {
+            mount::unmount(&base.join("m"))?;
+        }
+        // xattr whiteout: an empty file with overlay.whiteout in a directory
+        // marked opaque="x", above a layer holding the name.
+        std::fs::write(base.join("1/f"), b"")?;
+        let x1 = base.join("1");
+        let xw = xattr_set(&base.join("1/f"), "trusted.overlay.whiteout", b"")
+            .and_then(|_| xattr_set(&x1, "trusted.overlay.opaque", b"x"))
+            .is_ok();
+        let mut xwhiteouts = false;
+        m.userxattr = false;
+        if xw && m.mount(&base.join("m")).is_ok() {
+            xwhiteouts = !base.join("m/f").exists();
+            mount::unmount(&base.join("m"))?;
+        }
+        Ok((overlay, userxattr, xwhiteouts, lowerdir_plus(&base)))
+    });
+    match probed {
+        Ok((overlay, userxattr, xwhiteouts, plus)) => {
+            features.overlay = overlay;
+            features.userxattr = userxattr;
+            features.xwhiteouts = xwhiteouts;
+            features.lowerdir_plus = plus;
+        }
+        Err(e) => features.reason = Some(format!("probe failed: {e:#}")),
+    }
+    features
+}
+
+fn xattr_set(path: &Path, key: &str, value: &[u8]) -> std::io::Result<()> {
+    rustix::fs::lsetxattr(path, key, value, rustix::fs::XattrFlags::empty()).map_err(Into::into)
+}
+
+/// `fsconfig(FSCONFIG_SET_STRING, "lowerdir+", …)` is accepted (6.8+).
+fn lowerdir_plus(base: &Path) -> bool {
+    use rustix::mount::{fsconfig_set_string, fsopen, FsOpenFlags};
+    let Ok(fs) = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
+        return false;
+    };
+    fsconfig_set_string(&fs, "lowerdir+", base.join("0").as_path()).is_ok()
+}

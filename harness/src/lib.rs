@@ -1,0 +1,12 @@
+//! The overlayer differential harness: case files, the kernel oracle, an
+//! independent model of the OCI rules, proptest strategies, and the
+//! `overlayer` command.
+
+pub mod case;
+pub mod cli;
+pub mod kernel;
+pub mod known;
+pub mod model;
+pub mod prop;
+pub mod replay;
+pub mod strategy;

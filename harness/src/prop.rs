@@ -1,0 +1,195 @@
+//! `overlayer prop`: generated layer stacks, checked three ways. Property:
+//! the kernel's merged view of `convert(stack)` = `apply(stack)` = the model.
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use anyhow::Result;
+use overlayer::tree::diff;
+use overlayer::ConvertOptions;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+use serde::Serialize;
+
+use crate::case::{build_tar, Case, Expect, TarEntry};
+use crate::kernel::{Outcome, Scratch};
+use crate::replay::matches_error;
+use crate::{known, model, strategy};
+
+/// Options of a property run.
+#[derive(Debug, Clone)]
+pub struct PropOptions {
+    pub cases: u32,
+    pub seed: u64,
+    pub max_layers: usize,
+    pub userxattr: bool,
+    /// Check the kernel too (when it can mount).
+    pub kernel: bool,
+}
+
+/// Summary of a run.
+#[derive(Debug, Serialize)]
+pub struct PropReport {
+    pub cases: u32,
+    pub passed: u32,
+    pub failed: u32,
+    pub kernel: bool,
+    /// Stacks whose kernel merged view was compared.
+    pub mounted: u64,
+    /// Stacks that every side refused with the same error, by rule.
+    pub refused: std::collections::BTreeMap<String, u64>,
+    pub seconds: f64,
+    pub stacks_per_second: f64,
+    pub seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(skip)]
+    pub minimal: Option<Vec<Vec<TarEntry>>>,
+}
+
+/// Checks one stack; `Err` describes the disagreement.
+pub fn check_stack(
+    scratch: &mut Scratch,
+    stack: &[Vec<TarEntry>],
+    opts: ConvertOptions,
+    with_kernel: bool,
+) -> Result<Checked, String> {
+    let tars: Vec<Vec<u8>> = stack
+        .iter()
+        .map(|l| build_tar(l))
+        .collect::<Result<_>>()
+        .map_err(|e| format!("building tars: {e:#}"))?;
+    let expected = model::run(stack);
+    let applied = scratch
+        .apply_view(&tars)
+        .map_err(|e| format!("apply harness: {e:#}"))?;
+    agree("apply", &expected, &applied, false)?;
+    let mut mounted = false;
+    if with_kernel && scratch.can_mount() {
+        let merged = scratch
+            .kernel_view(&tars, opts)
+            .map_err(|e| format!("kernel harness: {e:#}"))?;
+        mounted = merged.is_ok();
+        agree("kernel", &expected, &merged, true)?;
+    }
+    Ok(if let Err(e) = &expected {
+        Checked::Refused(e.rule.clone())
+    } else if mounted {
+        Checked::Mounted
+    } else {
+        Checked::Applied
+    })
+}
+
+/// How far one stack went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// All sides refused it with the same error (rule code).
+    Refused(String),
+    /// Model and apply agreed on a view; no kernel.
+    Applied,
+    /// The kernel's merged view agreed too.
+    Mounted,
+}
+
+fn agree(
+    side: &str,
+    model: &Result<overlayer::tree::View, crate::case::ExpectedError>,
+    got: &Outcome,
+    kernel: bool,
+) -> Result<(), String> {
+    match (model, got) {
+        (Ok(want), Ok(view)) => {
+            let differences = if kernel {
+                known::compare(view, want).differences
+            } else {
+                diff(want, view)
+            };
+            if differences.is_empty() {
+                Ok(())
+            } else {
+                let shown: Vec<String> =
+                    differences.iter().take(6).map(|d| d.to_string()).collect();
+                Err(format!("model vs {side}: {}", shown.join("; ")))
+            }
+        }
+        (Err(want), Err(e)) if matches_error(want, e) => Ok(()),
+        (Err(want), Err(e)) => Err(format!(
+            "model refuses with {} at layer {} entry {:?}; {side} says: {e}",
+            want.rule, want.layer, want.entry
+        )),
+        (Err(want), Ok(_)) => Err(format!(
+            "model refuses with {} at layer {} entry {:?}; {side} succeeded",
+            want.rule, want.layer, want.entry
+        )),
+        (Ok(_), Err(e)) => Err(format!("model succeeds; {side} fails: {e}")),
+    }
+}
+
+/// Runs the property for `opts.cases` stacks; shrinks a failure.
+pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) -> PropReport {
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&opts.seed.to_le_bytes());
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
+    let config = Config {
+        cases: opts.cases,
+        failure_persistence: None,
+        max_shrink_iters: 4096,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    let scratch = RefCell::new(scratch);
+    let count = RefCell::new(0u64);
+    let tally = RefCell::new((0u64, std::collections::BTreeMap::new()));
+    let convert = ConvertOptions {
+        userxattr: opts.userxattr,
+    };
+    let start = Instant::now();
+    let result = runner.run(&strategy::stack(opts.max_layers), |stack| {
+        *count.borrow_mut() += 1;
+        progress(*count.borrow());
+        let checked = check_stack(&mut scratch.borrow_mut(), &stack, convert, opts.kernel)
+            .map_err(TestCaseError::fail)?;
+        let mut t = tally.borrow_mut();
+        match checked {
+            Checked::Mounted => t.0 += 1,
+            Checked::Refused(rule) => *t.1.entry(rule).or_insert(0) += 1,
+            Checked::Applied => {}
+        }
+        Ok(())
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let (failed, failure, minimal) = match result {
+        Ok(()) => (0, None, None),
+        Err(TestError::Fail(reason, value)) => (1, Some(reason.to_string()), Some(value)),
+        Err(TestError::Abort(reason)) => (1, Some(format!("aborted: {reason}")), None),
+    };
+    let checked = *count.borrow() as u32;
+    let (mounted, refused) = tally.borrow().clone();
+    PropReport {
+        cases: opts.cases,
+        passed: opts.cases.saturating_sub(failed),
+        failed,
+        kernel: opts.kernel && scratch.borrow().can_mount(),
+        mounted,
+        refused,
+        seconds,
+        stacks_per_second: checked as f64 / seconds.max(1e-9),
+        seed: opts.seed,
+        failure,
+        minimal,
+    }
+}
+
+/// A shrunk failing stack as a case file; the expected outcome is the model's.
+pub fn as_case(stack: &[Vec<TarEntry>], failure: &str, seed: u64) -> Case {
+    let expect = match model::run(stack) {
+        Ok(view) => Expect::View(view),
+        Err(e) => Expect::Error(e),
+    };
+    Case {
+        why: format!("Found by `overlayer prop --seed {seed}`: {failure}"),
+        requires: vec![],
+        layers: stack.to_vec(),
+        expect,
+    }
+}

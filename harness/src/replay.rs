@@ -1,0 +1,247 @@
+//! `overlayer replay`: every case through the userspace apply and, where it
+//! can mount, through convert + the kernel, against the expected outcome.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use overlayer::ConvertOptions;
+use serde::Serialize;
+
+use crate::case::{build_tar, Case, CaseFile, Expect, ExpectedError};
+use crate::kernel::{Outcome, Scratch};
+use crate::known;
+
+/// The verdict of one side (apply or kernel) of one case.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", tag = "verdict", content = "detail")]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+impl Verdict {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail(_) => "FAIL",
+            Verdict::Skip(_) => "skip",
+        }
+    }
+}
+
+/// One case's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub apply: Verdict,
+    pub kernel: Verdict,
+    pub ms: f64,
+}
+
+/// Options of a replay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplayOptions {
+    pub userxattr: bool,
+}
+
+/// Features this build of the harness can exercise.
+const SUPPORTED_FEATURES: &[&str] = &["userxattr"];
+
+/// Runs one case.
+pub fn run_case(scratch: &mut Scratch, file: &CaseFile, opts: ReplayOptions) -> Result<CaseResult> {
+    let start = Instant::now();
+    let case = &file.case;
+    let tars = case
+        .layers
+        .iter()
+        .map(|l| build_tar(l))
+        .collect::<Result<Vec<_>>>()?;
+    let applied = scratch.apply_view(&tars)?;
+    let apply = judge(case, &applied, Side::Flat);
+    let kernel = match kernel_skip(scratch, case) {
+        Some(reason) => Verdict::Skip(reason),
+        None => {
+            let opts = ConvertOptions {
+                userxattr: opts.userxattr,
+            };
+            let merged = scratch.kernel_view(&tars, opts)?;
+            judge(case, &merged, Side::Kernel)
+        }
+    };
+    Ok(CaseResult {
+        name: file.name.clone(),
+        apply,
+        kernel,
+        ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+fn kernel_skip(scratch: &Scratch, case: &Case) -> Option<String> {
+    if !scratch.can_mount() {
+        return Some(crate::kernel::unavailable().unwrap_or_else(|| "cannot mount".into()));
+    }
+    for feature in &case.requires {
+        if !SUPPORTED_FEATURES.contains(&feature.as_str()) {
+            return Some(format!(
+                "needs {feature}, which this harness does not exercise yet"
+            ));
+        }
+        if feature == "userxattr" && !crate::kernel::probe().userxattr {
+            return Some("kernel lacks userxattr on tmpfs".into());
+        }
+    }
+    None
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Flat,
+    Kernel,
+}
+
+fn judge(case: &Case, got: &Outcome, side: Side) -> Verdict {
+    match (&case.expect, got) {
+        (Expect::View(want), Ok(view)) => {
+            // Expected views are recorded from the kernel, so the flat side
+            // may have coarser hardlink groups.
+            let cmp = match side {
+                Side::Flat => known::compare(want, view),
+                Side::Kernel => known::compare(view, want),
+            };
+            if cmp.same() {
+                Verdict::Pass
+            } else {
+                let shown: Vec<String> = cmp
+                    .differences
+                    .iter()
+                    .take(5)
+                    .map(|d| d.to_string())
+                    .collect();
+                Verdict::Fail(format!(
+                    "{} difference(s): {}",
+                    cmp.differences.len(),
+                    shown.join("; ")
+                ))
+            }
+        }
+        (Expect::View(_), Err(e)) => Verdict::Fail(format!("unexpected error: {e}")),
+        (Expect::Error(want), Ok(_)) => Verdict::Fail(format!(
+            "expected refusal {} at layer {} entry {:?}, but it succeeded",
+            want.rule, want.layer, want.entry
+        )),
+        (Expect::Error(want), Err(e)) => match matches_error(want, e) {
+            true => Verdict::Pass,
+            false => Verdict::Fail(format!(
+                "expected {} at layer {} entry {:?}, got: {e}",
+                want.rule, want.layer, want.entry
+            )),
+        },
+    }
+}
+
+/// True if `error` is the refusal `want` names (`entry` `*` matches any).
+pub fn matches_error(want: &ExpectedError, error: &overlayer::Error) -> bool {
+    let rule_ok = error.rule().map(|r| r.code()) == Some(want.rule.as_str());
+    let loc_ok = match error.location() {
+        Some((layer, entry)) => layer == want.layer && (want.entry == "*" || entry == want.entry),
+        None => false,
+    };
+    rule_ok && loc_ok
+}
+
+/// Records the expected outcome of a case from the kernel (or the error).
+pub fn record(scratch: &mut Scratch, case: &Case, opts: ReplayOptions) -> Result<Expect> {
+    anyhow::ensure!(
+        scratch.can_mount(),
+        "recording needs the kernel oracle: {}",
+        crate::kernel::unavailable().unwrap_or_default()
+    );
+    let tars = case
+        .layers
+        .iter()
+        .map(|l| build_tar(l))
+        .collect::<Result<Vec<_>>>()?;
+    let merged = scratch.kernel_view(
+        &tars,
+        ConvertOptions {
+            userxattr: opts.userxattr,
+        },
+    )?;
+    Ok(match merged {
+        Ok(view) => Expect::View(view),
+        Err(e) => {
+            let (layer, entry) = e.location().unwrap_or((0, "*"));
+            Expect::Error(ExpectedError {
+                layer,
+                entry: entry.to_string(),
+                rule: e.rule().map(|r| r.code()).unwrap_or("io").to_string(),
+            })
+        }
+    })
+}
+
+/// Totals of a run.
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub total: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+/// A case passes if no side failed and at least one side passed; it is
+/// skipped if any side was skipped and none failed (reported with the reason).
+pub fn totals(results: &[CaseResult]) -> Totals {
+    let mut t = Totals {
+        total: results.len(),
+        ..Default::default()
+    };
+    for r in results {
+        let sides = [&r.apply, &r.kernel];
+        if sides.iter().any(|v| matches!(v, Verdict::Fail(_))) {
+            t.failed += 1;
+        } else if sides.iter().any(|v| matches!(v, Verdict::Skip(_))) {
+            t.skipped += 1;
+        } else {
+            t.passed += 1;
+        }
+    }
+    t
+}
+
+/// JUnit XML for CI systems.
+pub fn junit(results: &[CaseResult]) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let t = totals(results);
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"overlayer-replay\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">\n",
+        t.total, t.failed, t.skipped
+    );
+    for r in results {
+        out.push_str(&format!(
+            "  <testcase name=\"{}\" time=\"{:.3}\">",
+            esc(&r.name),
+            r.ms / 1e3
+        ));
+        for (side, v) in [("apply", &r.apply), ("kernel", &r.kernel)] {
+            match v {
+                Verdict::Fail(d) => {
+                    out.push_str(&format!("<failure message=\"{side}\">{}</failure>", esc(d)))
+                }
+                Verdict::Skip(d) => {
+                    out.push_str(&format!("<skipped message=\"{side}: {}\"/>", esc(d)))
+                }
+                Verdict::Pass => {}
+            }
+        }
+        out.push_str("</testcase>\n");
+    }
+    out.push_str("</testsuite>\n");
+    out
+}

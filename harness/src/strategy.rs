@@ -1,0 +1,176 @@
+//! Proptest strategies for layer stacks. Tiny name alphabets make names
+//! collide across layers and kinds, where the bugs are.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use crate::case::{EntryType, TarEntry};
+
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(String::from)
+}
+
+fn components(max: usize) -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(name(), 1..=max)
+}
+
+/// A name as a tar writer might spell it: `a/b`, `./a/b` or `/a/b`.
+fn spelled(parts: Vec<String>, style: u8, trailing: bool) -> String {
+    let mut s = match style {
+        0 => format!("./{}", parts.join("/")),
+        1 => format!("/{}", parts.join("/")),
+        _ => parts.join("/"),
+    };
+    if trailing {
+        s.push('/');
+    }
+    s
+}
+
+fn attrs() -> impl Strategy<Value = (u32, u32, i64, BTreeMap<String, String>)> {
+    (
+        prop_oneof![4 => Just(0u32), 1 => Just(1000u32)],
+        prop_oneof![4 => Just(0u32), 1 => Just(1000u32)],
+        prop_oneof![Just(0i64), Just(1_000_000i64)],
+        prop_oneof![
+            3 => Just(BTreeMap::new()),
+            1 => Just(BTreeMap::from([("user.x".to_string(), "1".to_string())])),
+            1 => Just(BTreeMap::from([("user.y".to_string(), "2".to_string())])),
+        ],
+    )
+}
+
+/// One tar entry of any kind.
+pub fn entry(depth: usize) -> impl Strategy<Value = TarEntry> {
+    let style = 0u8..3;
+    let plain = (
+        components(depth),
+        style.clone(),
+        prop_oneof![
+            4 => Just(EntryType::File),
+            4 => Just(EntryType::Dir),
+            2 => Just(EntryType::Symlink),
+            1 => Just(EntryType::Hardlink),
+            1 => Just(EntryType::Fifo),
+            1 => Just(EntryType::Char),
+        ],
+        prop_oneof![Just(""), Just("1"), Just("22")],
+        prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("a/b"),
+            Just("/c"),
+            Just("../a"),
+            Just("."),
+            Just("/")
+        ],
+        components(depth),
+        prop_oneof![
+            Just(None),
+            Just(Some("0700")),
+            Just(Some("0750")),
+            Just(Some("4755"))
+        ],
+        attrs(),
+    )
+        .prop_map(
+            |(parts, style, kind, text, symtarget, linkparts, mode, (uid, gid, mtime, xattrs))| {
+                let path = spelled(parts, style, kind == EntryType::Dir && style == 2);
+                let target = match kind {
+                    EntryType::Symlink => Some(symtarget.to_string()),
+                    // Aimed at an earlier name by `aim_hardlinks`.
+                    EntryType::Hardlink => Some(format!("{PICK}{}", linkparts.join("/"))),
+                    _ => None,
+                };
+                // user.* xattrs cannot sit on symlinks or special files.
+                let xattrs = if matches!(kind, EntryType::File | EntryType::Dir) {
+                    xattrs
+                } else {
+                    BTreeMap::new()
+                };
+                TarEntry {
+                    path,
+                    kind,
+                    text: if kind == EntryType::File {
+                        text.to_string()
+                    } else {
+                        String::new()
+                    },
+                    target,
+                    mode: mode
+                        .filter(|_| kind != EntryType::Symlink)
+                        .map(String::from),
+                    uid,
+                    gid,
+                    mtime,
+                    rdev: (kind == EntryType::Char).then_some([1, 3]),
+                    xattrs,
+                }
+            },
+        );
+    let marker = (
+        prop::collection::vec(name(), 0..depth),
+        prop_oneof![
+            name().prop_map(|n| format!(".wh.{n}")),
+            Just(".wh..wh..opq".to_string())
+        ],
+        style,
+    )
+        .prop_map(|(mut parts, last, style)| {
+            parts.push(last);
+            TarEntry {
+                path: spelled(parts, style, false),
+                ..Default::default()
+            }
+        });
+    let root = prop_oneof![Just("0755"), Just("0700")].prop_map(|m| TarEntry {
+        path: "./".into(),
+        kind: EntryType::Dir,
+        mode: Some(m.into()),
+        ..Default::default()
+    });
+    prop_oneof![8 => plain, 3 => marker, 1 => root]
+}
+
+/// Marks a hardlink target still to be aimed.
+const PICK: &str = "\u{0}pick:";
+
+/// A stack of 1..=`max_layers` layers of up to 6 entries each.
+pub fn stack(max_layers: usize) -> impl Strategy<Value = Vec<Vec<TarEntry>>> {
+    (
+        prop::collection::vec(prop::collection::vec(entry(4), 0..7), 1..=max_layers.max(1)),
+        prop::collection::vec(any::<u8>(), 64),
+    )
+        .prop_map(|(mut stack, picks)| {
+            aim_hardlinks(&mut stack, &picks);
+            stack
+        })
+}
+
+/// Points most hardlinks at a non-directory written earlier in the stack (a
+/// random name is nearly always missing); one in eight keeps its random name.
+fn aim_hardlinks(stack: &mut [Vec<TarEntry>], picks: &[u8]) {
+    let mut earlier: Vec<String> = Vec::new();
+    let mut n = 0;
+    for entry in stack.iter_mut().flatten() {
+        if let Some(random) = entry.target.as_ref().and_then(|t| t.strip_prefix(PICK)) {
+            let pick = picks[n % picks.len()] as usize;
+            n += 1;
+            entry.target = Some(if earlier.is_empty() || pick.is_multiple_of(8) {
+                random.to_string()
+            } else {
+                earlier[pick % earlier.len()].clone()
+            });
+        }
+        if entry.kind == EntryType::File && !entry.path.contains(".wh.") {
+            earlier.push(
+                entry
+                    .path
+                    .trim_start_matches("./")
+                    .trim_start_matches('/')
+                    .to_string(),
+            );
+        }
+    }
+}

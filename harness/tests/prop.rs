@@ -1,0 +1,31 @@
+//! A few hundred generated stacks: kernel(convert) = apply = model when root,
+//! model = apply otherwise (the kernel side is then reported as skipped).
+
+use overlayer_harness::kernel;
+use overlayer_harness::prop::{run, PropOptions};
+
+#[test]
+fn generated_stacks_agree_three_ways() {
+    if let Some(reason) = kernel::unavailable() {
+        eprintln!("kernel side SKIPPED: {reason}; checking model = apply only");
+    }
+    let opts = PropOptions {
+        cases: 400,
+        seed: 0x0e7_1a7e,
+        max_layers: 8,
+        userxattr: false,
+        kernel: true,
+    };
+    let report = kernel::with_scratch(|s| Ok(run(s, &opts, |_| {}))).expect("harness runs");
+    assert_eq!(
+        report.failed,
+        0,
+        "{}\nminimal stack: {:?}",
+        report.failure.unwrap_or_default(),
+        report.minimal
+    );
+    assert!(
+        report.refused.values().sum::<u64>() < 400,
+        "every stack was refused"
+    );
+}

@@ -1,0 +1,365 @@
+//! Userspace application: layers applied in order onto one root directory,
+//! the flattened rootfs (OCI layer.md, "Applying Changesets").
+//!
+//! Every write goes through a directory fd opened with `openat2` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, then a single-component `*at`
+//! call with `O_NOFOLLOW` / `AT_SYMLINK_NOFOLLOW`: symlinks planted by a layer
+//! are resolved by the rules (inside the root), never by the kernel.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+
+use crate::error::{Error, Fault, IoOp, Result};
+use crate::layer::{self, EntryKind, Meta};
+use crate::output::Staged;
+use crate::rules::{self, Kind, LayerRules, Target};
+use crate::sys;
+
+/// Applies `layers` (bottom first) to a new directory `out`, which must not
+/// exist. The rootfs is built in a temporary sibling and renamed into place,
+/// so on failure nothing is left behind.
+pub fn apply_to_new_dir<R: Read>(layers: Vec<R>, out: &Path) -> Result<()> {
+    let staged = Staged::new(out)?;
+    apply_into(layers, staged.path())?;
+    staged.commit()
+}
+
+/// Applies `layers` (bottom first) onto the existing directory `root`.
+pub fn apply_into<R: Read>(layers: Vec<R>, root: &Path) -> Result<()> {
+    let root_fd = rfs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::path(root.display(), "open root", e.into()))?;
+    let mut disk = Disk::new(root_fd);
+    for (index, reader) in layers.into_iter().enumerate() {
+        apply_layer(&mut disk, index, reader)?;
+    }
+    Ok(())
+}
+
+fn apply_layer<R: Read>(disk: &mut Disk, index: usize, reader: R) -> Result<()> {
+    let mut rules = LayerRules::new(disk);
+    layer::read_layer(index, reader, |entry, data| {
+        rules
+            .entry(entry, data)
+            .map_err(|f| f.at(index, &entry.name))
+    })?;
+    drop(rules);
+    disk.finish_layer()
+        .map_err(|f| f.at(index, "<directory mtimes>"))
+}
+
+/// The rootfs on disk.
+struct Disk {
+    root: OwnedFd,
+    /// The last directory resolved, for runs of entries in one directory.
+    cached: Option<(Vec<String>, OwnedFd)>,
+    /// Directory mtimes to set once the layer's children are written; the
+    /// last entry for a directory wins, and removal forgets them.
+    dir_mtimes: BTreeMap<Vec<String>, i64>,
+    euid: u32,
+    egid: u32,
+}
+
+impl Disk {
+    fn new(root: OwnedFd) -> Self {
+        Disk {
+            root,
+            cached: None,
+            dir_mtimes: BTreeMap::new(),
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+        }
+    }
+
+    /// A directory fd for `dir` (already resolved, symlink-free).
+    fn dir(&mut self, dir: &[String]) -> io::Result<BorrowedFd<'_>> {
+        if dir.is_empty() {
+            return Ok(self.root.as_fd());
+        }
+        let hit = matches!(&self.cached, Some((p, _)) if p == dir);
+        if !hit {
+            let fd = sys::open_dir_path(self.root.as_fd(), &dir.join("/"))?;
+            self.cached = Some((dir.to_vec(), fd));
+        }
+        Ok(self.cached.as_ref().expect("just cached").1.as_fd())
+    }
+
+    fn split<'p>(&mut self, path: &'p [String]) -> io::Result<(BorrowedFd<'_>, &'p str)> {
+        let (name, parent) = path.split_last().expect("below the root");
+        Ok((self.dir(parent)?, name.as_str()))
+    }
+
+    fn finish_layer(&mut self) -> Result<(), Fault> {
+        let dirs = std::mem::take(&mut self.dir_mtimes);
+        for (path, mtime) in dirs {
+            let result = if path.is_empty() {
+                sys::open_beneath(self.root.as_fd(), "", OFlags::RDONLY | OFlags::DIRECTORY)
+                    .and_then(|fd| rfs::futimens(&fd, &times(mtime)).map_err(io::Error::from))
+            } else {
+                match self.split(&path) {
+                    Ok((dir, name)) => sys::set_mtime_at(dir, name, mtime),
+                    Err(e) => Err(e),
+                }
+            };
+            result.op("set directory mtime")?;
+        }
+        Ok(())
+    }
+}
+
+/// Owner, mode, xattrs and mtime of an open file or directory. `ids` are
+/// the process's own uid and gid: unprivileged, a chown to them is skipped
+/// (new nodes are ours already), so layers owned by the caller apply.
+fn set_meta_fd(
+    fd: BorrowedFd<'_>,
+    meta: &Meta,
+    with_mtime: bool,
+    ids: (u32, u32),
+) -> io::Result<()> {
+    {
+        if ids.0 == 0 || (meta.uid, meta.gid) != ids {
+            rfs::fchown(
+                fd,
+                Some(rfs::Uid::from_raw(meta.uid)),
+                Some(rfs::Gid::from_raw(meta.gid)),
+            )?;
+        }
+        rfs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+        for (key, value) in &meta.xattrs {
+            sys::fset_xattr(fd, key, value)?;
+        }
+        if with_mtime {
+            rfs::futimens(fd, &times(meta.mtime))?;
+        }
+        Ok(())
+    }
+}
+
+fn times(mtime: i64) -> rfs::Timestamps {
+    let ts = rfs::Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    rfs::Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
+}
+
+fn kind_of(stat: &rfs::Stat) -> Kind {
+    match rfs::FileType::from_raw_mode(stat.st_mode) {
+        rfs::FileType::Directory => Kind::Dir,
+        rfs::FileType::Symlink => Kind::Symlink,
+        _ => Kind::Other,
+    }
+}
+
+/// Removes the entry `name` of `dir`, recursively, using fds only.
+fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let stat = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if kind_of(&stat) == Kind::Dir {
+        let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        for child in read_names(fd.as_fd())? {
+            remove_at(fd.as_fd(), &child)?;
+        }
+        rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    } else {
+        rfs::unlinkat(dir, name, AtFlags::empty())?;
+    }
+    Ok(())
+}
+
+fn read_names(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for item in rfs::Dir::read_from(dir)? {
+        let item = item?;
+        let name = item.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        names.push(String::from_utf8_lossy(name).into_owned());
+    }
+    Ok(names)
+}
+
+impl Target for Disk {
+    fn kind(&mut self, path: &[String]) -> Result<Option<Kind>, Fault> {
+        if path.is_empty() {
+            return Ok(Some(Kind::Dir));
+        }
+        let (dir, name) = match self.split(path) {
+            Ok(v) => v,
+            // Missing, or only reachable through a symlink: the rules walk.
+            Err(_) => return Ok(None),
+        };
+        match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(kind_of(&stat))),
+            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => Ok(None),
+            Err(e) => Err(io::Error::from(e)).op("stat"),
+        }
+    }
+
+    fn readlink(&mut self, path: &[String]) -> Result<String, Fault> {
+        let (dir, name) = self.split(path).op("open parent")?;
+        let target = rfs::readlinkat(dir, name, Vec::new())
+            .map_err(io::Error::from)
+            .op("readlink")?;
+        Ok(String::from_utf8_lossy(target.as_bytes()).into_owned())
+    }
+
+    fn children(&mut self, path: &[String]) -> Result<Vec<String>, Fault> {
+        let fd = sys::open_beneath(
+            self.root.as_fd(),
+            &path.join("/"),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+        )
+        .op("open directory")?;
+        read_names(fd.as_fd()).op("read directory")
+    }
+
+    fn remove_all(&mut self, path: &[String]) -> Result<(), Fault> {
+        let result = {
+            let (dir, name) = self.split(path).op("open parent")?;
+            remove_at(dir, name)
+        };
+        self.cached = None;
+        self.dir_mtimes.retain(|dir, _| !dir.starts_with(path));
+        result.op("remove")
+    }
+
+    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
+        let (dir, name) = self.split(path).op("open parent")?;
+        rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
+            .map_err(io::Error::from)
+            .op("mkdir")?;
+        let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open dir")?;
+        set_meta_fd(fd.as_fd(), meta, false, (self.euid, self.egid))
+            .op("set directory metadata")?;
+        self.dir_mtimes.insert(path.to_vec(), meta.mtime);
+        Ok(())
+    }
+
+    fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault> {
+        let ids = (self.euid, self.egid);
+        let (dir, name) = self.split(path).op("open parent")?;
+        rfs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
+            .map_err(io::Error::from)
+            .op("mkdir")?;
+        let meta = rules::implied_dir_meta();
+        if ids != (0, 0) {
+            let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open")?;
+            set_meta_fd(fd.as_fd(), &meta, false, ids).op("chown")?;
+        } else {
+            rfs::chmodat(dir, name, Mode::from_raw_mode(0o755), AtFlags::empty())
+                .map_err(io::Error::from)
+                .op("chmod")?;
+        }
+        Ok(())
+    }
+
+    fn replace_dir_meta(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
+        let fd = sys::open_beneath(
+            self.root.as_fd(),
+            &path.join("/"),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+        )
+        .op("open directory")?;
+        sys::fclear_xattrs(fd.as_fd()).op("remove old xattrs")?;
+        set_meta_fd(fd.as_fd(), meta, false, (self.euid, self.egid))
+            .op("set directory metadata")?;
+        self.dir_mtimes.insert(path.to_vec(), meta.mtime);
+        Ok(())
+    }
+
+    fn make_node(
+        &mut self,
+        path: &[String],
+        kind: &EntryKind,
+        meta: &Meta,
+        data: &mut dyn Read,
+    ) -> Result<(), Fault> {
+        let (euid, egid) = (self.euid, self.egid);
+        let (dir, name) = self.split(path).op("open parent")?;
+        if *kind == EntryKind::File {
+            let fd = rfs::openat(
+                dir,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(io::Error::from)
+            .op("create file")?;
+            let mut file = File::from(fd);
+            io::copy(data, &mut file).op("write file")?;
+            return set_meta_fd(file.as_fd(), meta, true, (euid, egid)).op("set file metadata");
+        }
+        match kind {
+            EntryKind::Symlink(target) => rfs::symlinkat(target.as_str(), dir, name),
+            EntryKind::Fifo => rfs::mknodat(
+                dir,
+                name,
+                rfs::FileType::Fifo,
+                Mode::from_raw_mode(0o600),
+                0,
+            ),
+            EntryKind::Char(major, minor) | EntryKind::Block(major, minor) => {
+                let file_type = if matches!(kind, EntryKind::Char(..)) {
+                    rfs::FileType::CharacterDevice
+                } else {
+                    rfs::FileType::BlockDevice
+                };
+                rfs::mknodat(
+                    dir,
+                    name,
+                    file_type,
+                    Mode::from_raw_mode(0o600),
+                    rfs::makedev(*major, *minor),
+                )
+            }
+            other => unreachable!("not a node kind: {other:?}"),
+        }
+        .map_err(io::Error::from)
+        .op("create node")?;
+        if euid == 0 || (meta.uid, meta.gid) != (euid, egid) {
+            rfs::chownat(
+                dir,
+                name,
+                Some(rfs::Uid::from_raw(meta.uid)),
+                Some(rfs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(io::Error::from)
+            .op("chown")?;
+        }
+        if !matches!(kind, EntryKind::Symlink(_)) {
+            rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(io::Error::from)
+                .op("chmod")?;
+        }
+        for (key, value) in &meta.xattrs {
+            sys::set_xattr_at(dir, name, key, value).op("set xattr")?;
+        }
+        sys::set_mtime_at(dir, name, meta.mtime).op("set mtime")
+    }
+
+    fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {
+        let (tname, tparent) = target.split_last().expect("below the root");
+        let tdir = if tparent.is_empty() {
+            self.root.try_clone().op("dup")?
+        } else {
+            sys::open_dir_path(self.root.as_fd(), &tparent.join("/")).op("open link target")?
+        };
+        let (dir, name) = self.split(path).op("open parent")?;
+        rfs::linkat(&tdir, tname.as_str(), dir, name, AtFlags::empty())
+            .map_err(io::Error::from)
+            .op("link")
+    }
+}

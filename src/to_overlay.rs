@@ -1,0 +1,619 @@
+//! Conversion of a stack of OCI layers into overlay-native layer directories
+//! (`DIR/0` bottom … `DIR/N-1` top), so that a read-only overlay mount with
+//! `lowerdir=N-1:…:0` shows exactly what `apply` produces.
+//!
+//! The converter runs the same rules as `apply` against an in-memory tree of
+//! the merged view, then writes the difference each layer made, in the
+//! kernel's terms (overlayfs.rst):
+//! * a deleted lower name becomes a whiteout, a char device 0/0, but only in a
+//!   directory that merges with a lower directory: a directory that exists in
+//!   one layer only is listed raw, and a whiteout in it would show up;
+//! * a directory deleted and re-created in one layer, or hit by an opaque
+//!   marker, gets `overlay.opaque=y` and its whole content;
+//! * the kernel ignores `opaque` on a layer's root, so a root opaque marker is
+//!   expressed as whiteouts of each hidden top-level name;
+//! * every directory the layer needs but did not change (an implied parent)
+//!   copies its attributes from the merged lower view, since the topmost
+//!   layer holding a directory gives the merged directory its attributes;
+//! * a hardlink to a file of a lower layer becomes a copy (layer directories
+//!   cannot share inodes); links within one layer stay links;
+//! * overlay-private xattrs from a layer are stored escaped (`spec`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read};
+use std::ops::Bound;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+
+use crate::error::{Error, Fault, IoOp, Result};
+use crate::layer::{self, EntryKind, Meta, RelPath};
+use crate::output::Staged;
+use crate::rules::{self, Kind, LayerRules, Target};
+use crate::spec;
+use crate::sys;
+
+/// How the overlay layers are marked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// Write `user.overlay.*` markers (for `-o userxattr` mounts) instead of
+    /// `trusted.overlay.*`.
+    pub userxattr: bool,
+}
+
+impl ConvertOptions {
+    fn opaque_xattr(&self) -> String {
+        let ns = if self.userxattr {
+            spec::USER_OVERLAY
+        } else {
+            spec::TRUSTED_OVERLAY
+        };
+        format!("{ns}{}", spec::OPAQUE_XATTR_SUFFIX)
+    }
+}
+
+/// The result of a conversion: one directory per layer, bottom first.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub layers: Vec<PathBuf>,
+}
+
+impl Converted {
+    /// The `lowerdir=` value, top layer first, as paths relative to the
+    /// output directory (short, so long stacks fit in the one-page option
+    /// string; mount with the output directory as working directory).
+    pub fn lowerdir_relative(&self) -> String {
+        let names: Vec<String> = (0..self.layers.len())
+            .rev()
+            .map(|i| i.to_string())
+            .collect();
+        names.join(":")
+    }
+
+    /// The `lowerdir=` value with the layer paths as given.
+    pub fn lowerdir(&self) -> String {
+        let names: Vec<String> = self
+            .layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
+        names.join(":")
+    }
+}
+
+/// Converts `layers` (bottom first) into a new directory `out` (which must
+/// not exist), built in a temporary sibling and renamed on success.
+pub fn convert_to_new_dir<R: Read>(
+    layers: Vec<R>,
+    out: &Path,
+    opts: ConvertOptions,
+) -> Result<Converted> {
+    let staged = Staged::new(out)?;
+    let n = convert_into(layers, staged.path(), opts)?.layers.len();
+    staged.commit()?;
+    Ok(Converted {
+        layers: (0..n).map(|i| out.join(i.to_string())).collect(),
+    })
+}
+
+/// Converts `layers` (bottom first) into `out/0` … `out/N-1`; `out` exists
+/// and holds none of those names.
+pub fn convert_into<R: Read>(
+    layers: Vec<R>,
+    out: &Path,
+    opts: ConvertOptions,
+) -> Result<Converted> {
+    let staging = out.join(".overlayer-staging");
+    std::fs::create_dir(&staging).map_err(|e| Error::path(staging.display(), "mkdir", e))?;
+    let result = convert_layers(layers, out, &staging, opts);
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+fn convert_layers<R: Read>(
+    layers: Vec<R>,
+    out: &Path,
+    staging: &Path,
+    opts: ConvertOptions,
+) -> Result<Converted> {
+    let out_fd = rfs::open(
+        out,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::path(out.display(), "open", e.into()))?;
+    let staging_fd = rfs::open(
+        staging,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::path(staging.display(), "open", e.into()))?;
+    let mut tree = MemTree::new(staging_fd);
+    let mut dirs = Vec::new();
+    for (index, reader) in layers.into_iter().enumerate() {
+        let before = tree.nodes.clone();
+        tree.changed.clear();
+        tree.opaqued.clear();
+        let mut rules = LayerRules::new(&mut tree);
+        layer::read_layer(index, reader, |entry, data| {
+            rules
+                .entry(entry, data)
+                .map_err(|f| f.at(index, &entry.name))
+        })?;
+        drop(rules);
+        let name = index.to_string();
+        let layer_dir = out.join(&name);
+        Emitter {
+            tree: &mut tree,
+            before: &before,
+            layer: index,
+            layer_dirs: &dirs,
+            out: out_fd.as_fd(),
+            opts,
+            dirty: HashSet::new(),
+            emitted_inodes: HashMap::new(),
+        }
+        .emit(&name)
+        .map_err(|f| f.at(index, "<writing overlay layer>"))?;
+        dirs.push(layer_dir);
+    }
+    Ok(Converted { layers: dirs })
+}
+
+#[derive(Debug, Clone)]
+enum NodeKind {
+    Dir,
+    /// A non-directory; `inode` is shared by hardlinks.
+    Leaf {
+        kind: EntryKind,
+        inode: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    kind: NodeKind,
+    meta: Meta,
+    /// Identity: a directory deleted and re-created gets a new one.
+    id: u64,
+}
+
+/// Where a regular file's bytes are.
+#[derive(Debug, Clone)]
+enum Content {
+    /// Read in the current layer, waiting in the staging directory.
+    Staged(String),
+    /// Written into an emitted layer directory.
+    InLayer(usize, RelPath),
+}
+
+/// The merged view, in memory.
+struct MemTree {
+    nodes: BTreeMap<RelPath, Node>,
+    content: HashMap<u64, Content>,
+    next_id: u64,
+    staging: OwnedFd,
+    /// Paths created, changed or removed in the current layer.
+    changed: HashSet<RelPath>,
+    /// Directories an opaque marker (or a whiteout of a touched directory)
+    /// cleared in the current layer.
+    opaqued: HashSet<RelPath>,
+}
+
+impl MemTree {
+    fn new(staging: OwnedFd) -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            Vec::new(),
+            Node {
+                kind: NodeKind::Dir,
+                meta: rules::implied_dir_meta(),
+                id: 0,
+            },
+        );
+        MemTree {
+            nodes,
+            content: HashMap::new(),
+            next_id: 1,
+            staging,
+            changed: HashSet::new(),
+            opaqued: HashSet::new(),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn insert(&mut self, path: &[String], kind: NodeKind, meta: Meta) {
+        let id = self.id();
+        self.nodes.insert(path.to_vec(), Node { kind, meta, id });
+        self.changed.insert(path.to_vec());
+    }
+}
+
+/// Names of the children of `dir` in `nodes`, in order.
+fn children_of<'a>(
+    nodes: &'a BTreeMap<RelPath, Node>,
+    dir: &'a [String],
+) -> impl Iterator<Item = (&'a RelPath, &'a Node)> + 'a {
+    let depth = dir.len() + 1;
+    nodes
+        .range::<[String], _>((Bound::Excluded(dir), Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(dir))
+        .filter(move |(k, _)| k.len() == depth)
+}
+
+impl Target for MemTree {
+    fn kind(&mut self, path: &[String]) -> Result<Option<Kind>, Fault> {
+        Ok(self.nodes.get(path).map(|n| match &n.kind {
+            NodeKind::Dir => Kind::Dir,
+            NodeKind::Leaf {
+                kind: EntryKind::Symlink(_),
+                ..
+            } => Kind::Symlink,
+            NodeKind::Leaf { .. } => Kind::Other,
+        }))
+    }
+
+    fn readlink(&mut self, path: &[String]) -> Result<String, Fault> {
+        match self.nodes.get(path).map(|n| &n.kind) {
+            Some(NodeKind::Leaf {
+                kind: EntryKind::Symlink(target),
+                ..
+            }) => Ok(target.clone()),
+            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)).op("readlink"),
+        }
+    }
+
+    fn children(&mut self, path: &[String]) -> Result<Vec<String>, Fault> {
+        Ok(children_of(&self.nodes, path)
+            .map(|(k, _)| k.last().expect("child").clone())
+            .collect())
+    }
+
+    fn remove_all(&mut self, path: &[String]) -> Result<(), Fault> {
+        let doomed: Vec<RelPath> = self
+            .nodes
+            .range::<[String], _>((Bound::Included(path), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(path))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in doomed {
+            self.nodes.remove(&key);
+            self.changed.insert(key);
+        }
+        Ok(())
+    }
+
+    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
+        self.insert(path, NodeKind::Dir, meta.clone());
+        Ok(())
+    }
+
+    fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault> {
+        self.insert(path, NodeKind::Dir, rules::implied_dir_meta());
+        Ok(())
+    }
+
+    fn replace_dir_meta(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
+        if let Some(node) = self.nodes.get_mut(path) {
+            node.meta = meta.clone();
+            self.changed.insert(path.to_vec());
+        }
+        Ok(())
+    }
+
+    fn make_node(
+        &mut self,
+        path: &[String],
+        kind: &EntryKind,
+        meta: &Meta,
+        data: &mut dyn Read,
+    ) -> Result<(), Fault> {
+        let inode = self.id();
+        if *kind == EntryKind::File {
+            let blob = inode.to_string();
+            let fd = rfs::openat(
+                &self.staging,
+                blob.as_str(),
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(io::Error::from)
+            .op("stage file content")?;
+            io::copy(data, &mut File::from(fd)).op("stage file content")?;
+            self.content.insert(inode, Content::Staged(blob));
+        }
+        let kind = NodeKind::Leaf {
+            kind: kind.clone(),
+            inode,
+        };
+        self.insert(path, kind, meta.clone());
+        Ok(())
+    }
+
+    fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {
+        let node = self
+            .nodes
+            .get(target)
+            .expect("rules checked the target")
+            .clone();
+        self.insert(path, node.kind, node.meta);
+        Ok(())
+    }
+
+    fn cleared_below(&mut self, dir: &[String]) {
+        self.opaqued.insert(dir.to_vec());
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    /// The directory merges with a lower directory: unchanged children come
+    /// from below, deleted ones need whiteouts.
+    Merged,
+    /// Only this layer's directory is seen: write everything, no whiteouts.
+    Raw,
+}
+
+/// Writes one layer's difference as an overlay-native directory.
+struct Emitter<'a> {
+    tree: &'a mut MemTree,
+    before: &'a BTreeMap<RelPath, Node>,
+    layer: usize,
+    layer_dirs: &'a [PathBuf],
+    out: BorrowedFd<'a>,
+    opts: ConvertOptions,
+    /// Changed paths and all their ancestors.
+    dirty: HashSet<RelPath>,
+    /// Inodes already written in this layer, for links within it.
+    emitted_inodes: HashMap<u64, RelPath>,
+}
+
+impl Emitter<'_> {
+    fn emit(mut self, name: &str) -> Result<(), Fault> {
+        for path in &self.tree.changed {
+            let mut p = path.clone();
+            while self.dirty.insert(p.clone()) && !p.is_empty() {
+                p.pop();
+            }
+        }
+        self.dirty.insert(Vec::new());
+        let root_meta = self.tree.nodes[&Vec::<String>::new()].meta.clone();
+        rfs::mkdirat(self.out, name, Mode::from_raw_mode(0o700))
+            .map_err(io::Error::from)
+            .op("mkdir layer")?;
+        let fd =
+            sys::open_entry(self.out, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open layer")?;
+        // The kernel ignores opaque on a layer root: always merge, whiteouts.
+        self.emit_dir(fd.as_fd(), &[], &root_meta, Merge::Merged)
+    }
+
+    fn emit_dir(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        path: &[String],
+        meta: &Meta,
+        merge: Merge,
+    ) -> Result<(), Fault> {
+        set_meta(fd, meta, false).op("set directory metadata")?;
+        let children: Vec<(RelPath, Node)> = children_of(&self.tree.nodes, path)
+            .filter(|(k, _)| merge == Merge::Raw || self.dirty.contains(*k))
+            .map(|(k, n)| (k.clone(), n.clone()))
+            .collect();
+        for (child, node) in children {
+            self.emit_node(fd, &child, &node, merge)?;
+        }
+        if merge == Merge::Merged {
+            let gone: Vec<String> = children_of(self.before, path)
+                .filter(|(k, _)| !self.tree.nodes.contains_key(*k))
+                .map(|(k, _)| k.last().expect("child").clone())
+                .collect();
+            for name in gone {
+                sys::make_whiteout(fd, &name).op("mknod whiteout (needs CAP_MKNOD)")?;
+            }
+        }
+        rfs::futimens(fd, &times(meta.mtime))
+            .map_err(io::Error::from)
+            .op("set directory mtime")
+    }
+
+    fn emit_node(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        path: &[String],
+        node: &Node,
+        parent: Merge,
+    ) -> Result<(), Fault> {
+        let name = path.last().expect("below the root").as_str();
+        match &node.kind {
+            NodeKind::Dir => {
+                let merge = match (parent, self.before.get(path)) {
+                    (Merge::Merged, Some(lower)) if matches!(lower.kind, NodeKind::Dir) => {
+                        if lower.id == node.id && !self.tree.opaqued.contains(path) {
+                            Merge::Merged
+                        } else {
+                            Merge::Raw
+                        }
+                    }
+                    _ => Merge::Raw,
+                };
+                // Opaque is needed where a lower directory would otherwise merge.
+                let opaque = merge == Merge::Raw
+                    && parent == Merge::Merged
+                    && matches!(self.before.get(path), Some(l) if matches!(l.kind, NodeKind::Dir));
+                rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
+                    .map_err(io::Error::from)
+                    .op("mkdir")?;
+                let fd =
+                    sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open")?;
+                if opaque {
+                    sys::fset_xattr(fd.as_fd(), &self.opts.opaque_xattr(), spec::OPAQUE_YES)
+                        .op("set opaque xattr")?;
+                }
+                self.emit_dir(fd.as_fd(), path, &node.meta, merge)
+            }
+            NodeKind::Leaf { kind, inode } => {
+                self.emit_leaf(dir, path, name, kind, *inode, &node.meta)
+            }
+        }
+    }
+
+    fn emit_leaf(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        path: &[String],
+        name: &str,
+        kind: &EntryKind,
+        inode: u64,
+        meta: &Meta,
+    ) -> Result<(), Fault> {
+        if let Some(first) = self.emitted_inodes.get(&inode) {
+            let layer_fd = self.layer_root()?;
+            let (fname, fparent) = first.split_last().expect("below the root");
+            let fdir = sys::open_dir_path(layer_fd.as_fd(), &fparent.join("/")).op("open")?;
+            return rfs::linkat(&fdir, fname.as_str(), dir, name, AtFlags::empty())
+                .map_err(io::Error::from)
+                .op("link");
+        }
+        match kind {
+            EntryKind::File => {
+                let content = self.tree.content.get(&inode).cloned();
+                match content {
+                    Some(Content::Staged(blob)) => {
+                        rfs::renameat(&self.tree.staging, blob.as_str(), dir, name)
+                            .map_err(io::Error::from)
+                            .op("place file")?;
+                    }
+                    Some(Content::InLayer(layer, from)) => {
+                        self.copy_from_layer(layer, &from, dir, name)?;
+                    }
+                    None => unreachable!("every file inode has content"),
+                }
+                let fd = sys::open_entry(dir, name, OFlags::RDONLY).op("open file")?;
+                set_meta(fd.as_fd(), meta, true).op("set file metadata")?;
+                self.tree
+                    .content
+                    .insert(inode, Content::InLayer(self.layer, path.to_vec()));
+            }
+            other => {
+                match other {
+                    EntryKind::Symlink(target) => rfs::symlinkat(target.as_str(), dir, name),
+                    EntryKind::Fifo => rfs::mknodat(
+                        dir,
+                        name,
+                        rfs::FileType::Fifo,
+                        Mode::from_raw_mode(0o600),
+                        0,
+                    ),
+                    EntryKind::Char(ma, mi) => rfs::mknodat(
+                        dir,
+                        name,
+                        rfs::FileType::CharacterDevice,
+                        Mode::from_raw_mode(0o600),
+                        rfs::makedev(*ma, *mi),
+                    ),
+                    EntryKind::Block(ma, mi) => rfs::mknodat(
+                        dir,
+                        name,
+                        rfs::FileType::BlockDevice,
+                        Mode::from_raw_mode(0o600),
+                        rfs::makedev(*ma, *mi),
+                    ),
+                    k => unreachable!("not a leaf: {k:?}"),
+                }
+                .map_err(io::Error::from)
+                .op("create node")?;
+                rfs::chownat(
+                    dir,
+                    name,
+                    Some(rfs::Uid::from_raw(meta.uid)),
+                    Some(rfs::Gid::from_raw(meta.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(io::Error::from)
+                .op("chown")?;
+                if !matches!(other, EntryKind::Symlink(_)) {
+                    rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                        .map_err(io::Error::from)
+                        .op("chmod")?;
+                }
+                for (key, value) in &meta.xattrs {
+                    sys::set_xattr_at(dir, name, key, value).op("set xattr")?;
+                }
+                sys::set_mtime_at(dir, name, meta.mtime).op("set mtime")?;
+            }
+        }
+        self.emitted_inodes.insert(inode, path.to_vec());
+        Ok(())
+    }
+
+    fn layer_root(&self) -> Result<OwnedFd, Fault> {
+        sys::open_entry(
+            self.out,
+            &self.layer.to_string(),
+            OFlags::PATH | OFlags::DIRECTORY,
+        )
+        .op("open layer")
+    }
+
+    fn copy_from_layer(
+        &self,
+        layer: usize,
+        from: &[String],
+        dir: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), Fault> {
+        let layer_name = self.layer_dirs[layer]
+            .file_name()
+            .expect("layer dir name")
+            .to_string_lossy()
+            .into_owned();
+        let root = sys::open_entry(self.out, &layer_name, OFlags::PATH | OFlags::DIRECTORY)
+            .op("open lower layer")?;
+        let src = sys::open_beneath(root.as_fd(), &from.join("/"), OFlags::RDONLY)
+            .op("open hardlink target in lower layer")?;
+        let dst = rfs::openat(
+            dir,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io::Error::from)
+        .op("create copy")?;
+        io::copy(&mut File::from(src), &mut File::from(dst)).op("copy hardlink target")?;
+        Ok(())
+    }
+}
+
+fn times(mtime: i64) -> rfs::Timestamps {
+    let ts = rfs::Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    rfs::Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
+}
+
+fn set_meta(fd: BorrowedFd<'_>, meta: &Meta, with_mtime: bool) -> io::Result<()> {
+    rfs::fchown(
+        fd,
+        Some(rfs::Uid::from_raw(meta.uid)),
+        Some(rfs::Gid::from_raw(meta.gid)),
+    )?;
+    rfs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+    for (key, value) in &meta.xattrs {
+        sys::fset_xattr(fd, key, value)?;
+    }
+    if with_mtime {
+        rfs::futimens(fd, &times(meta.mtime))?;
+    }
+    Ok(())
+}
