@@ -29,6 +29,8 @@ pub struct Scratch {
     serial: u64,
     /// Whether `dir` is a tmpfs in a private namespace (kernel runs possible).
     mounted: bool,
+    /// Whether the scratch filesystem takes `user.*` xattrs (tmpfs: 6.6+).
+    user_xattrs: bool,
 }
 
 /// Runs `work` with a scratch area: a tmpfs in a private mount namespace when
@@ -41,10 +43,12 @@ pub fn with_scratch<T: Send>(work: impl FnOnce(&mut Scratch) -> Result<T> + Send
         .context("create scratch directory")?;
     let dir = tmp.path().to_path_buf();
     if unavailable().is_some() {
+        let user_xattrs = takes_user_xattrs(&dir);
         let mut scratch = Scratch {
             dir,
             serial: 0,
             mounted: false,
+            user_xattrs,
         };
         return work(&mut scratch);
     }
@@ -54,14 +58,33 @@ pub fn with_scratch<T: Send>(work: impl FnOnce(&mut Scratch) -> Result<T> + Send
             dir: dir.clone(),
             serial: 0,
             mounted: true,
+            user_xattrs: takes_user_xattrs(&dir),
         };
         Ok(work(&mut scratch))
     })?
 }
 
+/// True if a file in `dir` accepts a `user.*` xattr.
+fn takes_user_xattrs(dir: &Path) -> bool {
+    let probe = dir.join(".user-xattr-probe");
+    let ok = std::fs::write(&probe, b"").is_ok()
+        && xattr_set(&probe, "user.overlayer-probe", b"1").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// Why the scratch filesystem cannot hold `user.*` xattrs.
+pub const NO_USER_XATTRS: &str =
+    "the scratch tmpfs takes no user.* xattrs (tmpfs gained them in Linux 6.6)";
+
 impl Scratch {
     pub fn can_mount(&self) -> bool {
         self.mounted
+    }
+
+    /// Whether `user.*` xattrs can be written here.
+    pub fn user_xattrs(&self) -> bool {
+        self.user_xattrs
     }
 
     fn fresh(&mut self) -> Result<PathBuf> {
@@ -126,6 +149,12 @@ pub struct Features {
     pub lowerdir_plus: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// [`probe`], once per process.
+pub fn probe_cached() -> Features {
+    static FEATURES: std::sync::OnceLock<Features> = std::sync::OnceLock::new();
+    FEATURES.get_or_init(probe).clone()
 }
 
 /// Probes what this kernel's overlayfs supports.
@@ -196,11 +225,16 @@ fn xattr_set(path: &Path, key: &str, value: &[u8]) -> std::io::Result<()> {
     rustix::fs::lsetxattr(path, key, value, rustix::fs::XattrFlags::empty()).map_err(Into::into)
 }
 
-/// `fsconfig(FSCONFIG_SET_STRING, "lowerdir+", …)` is accepted (6.8+).
+/// Layers added one by one with `fsconfig(…, "lowerdir+", …)` (6.8+) make
+/// a superblock. Before 6.5 overlay went through the legacy context, which
+/// accepts any key and fails only at creation, so creation is the test.
 fn lowerdir_plus(base: &Path) -> bool {
-    use rustix::mount::{fsconfig_set_string, fsopen, FsOpenFlags};
+    use rustix::mount::{fsconfig_create, fsconfig_set_string, fsopen, FsOpenFlags};
     let Ok(fs) = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
         return false;
     };
-    fsconfig_set_string(&fs, "lowerdir+", base.join("0").as_path()).is_ok()
+    ["1", "0"]
+        .iter()
+        .all(|l| fsconfig_set_string(&fs, "lowerdir+", base.join(l).as_path()).is_ok())
+        && fsconfig_create(&fs).is_ok()
 }

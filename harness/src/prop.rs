@@ -140,15 +140,29 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     let scratch = RefCell::new(scratch);
     let count = RefCell::new(0u64);
     let tally = RefCell::new((0u64, std::collections::BTreeMap::new()));
+    // Stacks that passed before the first failure (shrinking re-runs excluded).
+    let passed = RefCell::new(0u32);
+    let failing = RefCell::new(false);
     let convert = ConvertOptions {
         userxattr: opts.userxattr,
     };
     let start = Instant::now();
-    let result = runner.run(&strategy::stack(opts.max_layers), |stack| {
+    let xattrs = if scratch.borrow().user_xattrs() {
+        strategy::XattrNamespace::User
+    } else {
+        strategy::XattrNamespace::Trusted
+    };
+    let result = runner.run(&strategy::stack(opts.max_layers, xattrs), |stack| {
         *count.borrow_mut() += 1;
         progress(*count.borrow());
         let checked = check_stack(&mut scratch.borrow_mut(), &stack, convert, opts.kernel)
-            .map_err(TestCaseError::fail)?;
+            .map_err(|e| {
+                *failing.borrow_mut() = true;
+                TestCaseError::fail(e)
+            })?;
+        if !*failing.borrow() {
+            *passed.borrow_mut() += 1;
+        }
         let mut t = tally.borrow_mut();
         match checked {
             Checked::Mounted => t.0 += 1,
@@ -165,9 +179,10 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     };
     let checked = *count.borrow() as u32;
     let (mounted, refused) = tally.borrow().clone();
+    let passed_count = *passed.borrow();
     PropReport {
         cases: opts.cases,
-        passed: opts.cases.saturating_sub(failed),
+        passed: passed_count,
         failed,
         kernel: opts.kernel && scratch.borrow().can_mount(),
         mounted,

@@ -57,6 +57,15 @@ pub fn run_case(scratch: &mut Scratch, file: &CaseFile, opts: ReplayOptions) -> 
         .iter()
         .map(|l| build_tar(l))
         .collect::<Result<Vec<_>>>()?;
+    if uses_user_xattrs(case) && !scratch.user_xattrs() {
+        let skip = Verdict::Skip(crate::kernel::NO_USER_XATTRS.into());
+        return Ok(CaseResult {
+            name: file.name.clone(),
+            apply: skip.clone(),
+            kernel: skip,
+            ms: start.elapsed().as_secs_f64() * 1e3,
+        });
+    }
     let applied = scratch.apply_view(&tars)?;
     let apply = judge(case, &applied, Side::Flat);
     let kernel = match kernel_skip(scratch, case) {
@@ -77,6 +86,17 @@ pub fn run_case(scratch: &mut Scratch, file: &CaseFile, opts: ReplayOptions) -> 
     })
 }
 
+/// A case that writes `user.*` xattrs (or mounts with userxattr) needs a
+/// scratch filesystem that takes them.
+fn uses_user_xattrs(case: &Case) -> bool {
+    case.requires.iter().any(|r| r == "userxattr")
+        || case
+            .layers
+            .iter()
+            .flatten()
+            .any(|e| e.xattrs.keys().any(|k| k.starts_with("user.")))
+}
+
 fn kernel_skip(scratch: &Scratch, case: &Case) -> Option<String> {
     if !scratch.can_mount() {
         return Some(crate::kernel::unavailable().unwrap_or_else(|| "cannot mount".into()));
@@ -87,7 +107,7 @@ fn kernel_skip(scratch: &Scratch, case: &Case) -> Option<String> {
                 "needs {feature}, which this harness does not exercise yet"
             ));
         }
-        if feature == "userxattr" && !crate::kernel::probe().userxattr {
+        if feature == "userxattr" && !crate::kernel::probe_cached().userxattr {
             return Some("kernel lacks userxattr on tmpfs".into());
         }
     }

@@ -28,21 +28,39 @@ fn spelled(parts: Vec<String>, style: u8, trailing: bool) -> String {
     s
 }
 
-fn attrs() -> impl Strategy<Value = (u32, u32, i64, BTreeMap<String, String>)> {
+/// The xattr namespace generated stacks use: `user.*` where the scratch
+/// filesystem takes it, else `trusted.*` (tmpfs before 6.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrNamespace {
+    User,
+    Trusted,
+}
+
+impl XattrNamespace {
+    fn prefix(self) -> &'static str {
+        match self {
+            XattrNamespace::User => "user.",
+            XattrNamespace::Trusted => "trusted.",
+        }
+    }
+}
+
+fn attrs(ns: XattrNamespace) -> impl Strategy<Value = (u32, u32, i64, BTreeMap<String, String>)> {
+    let (x, y) = (format!("{}x", ns.prefix()), format!("{}y", ns.prefix()));
     (
         prop_oneof![4 => Just(0u32), 1 => Just(1000u32)],
         prop_oneof![4 => Just(0u32), 1 => Just(1000u32)],
         prop_oneof![Just(0i64), Just(1_000_000i64)],
         prop_oneof![
             3 => Just(BTreeMap::new()),
-            1 => Just(BTreeMap::from([("user.x".to_string(), "1".to_string())])),
-            1 => Just(BTreeMap::from([("user.y".to_string(), "2".to_string())])),
+            1 => Just(BTreeMap::from([(x, "1".to_string())])),
+            1 => Just(BTreeMap::from([(y, "2".to_string())])),
         ],
     )
 }
 
 /// One tar entry of any kind.
-pub fn entry(depth: usize) -> impl Strategy<Value = TarEntry> {
+pub fn entry(depth: usize, ns: XattrNamespace) -> impl Strategy<Value = TarEntry> {
     let style = 0u8..3;
     let plain = (
         components(depth),
@@ -72,7 +90,7 @@ pub fn entry(depth: usize) -> impl Strategy<Value = TarEntry> {
             Just(Some("0750")),
             Just(Some("4755"))
         ],
-        attrs(),
+        attrs(ns),
     )
         .prop_map(
             |(parts, style, kind, text, symtarget, linkparts, mode, (uid, gid, mtime, xattrs))| {
@@ -83,7 +101,8 @@ pub fn entry(depth: usize) -> impl Strategy<Value = TarEntry> {
                     EntryType::Hardlink => Some(format!("{PICK}{}", linkparts.join("/"))),
                     _ => None,
                 };
-                // user.* xattrs cannot sit on symlinks or special files.
+                // user.* xattrs cannot sit on symlinks or special files;
+                // trusted.* would, but the two namespaces are kept alike.
                 let xattrs = if matches!(kind, EntryType::File | EntryType::Dir) {
                     xattrs
                 } else {
@@ -137,9 +156,12 @@ pub fn entry(depth: usize) -> impl Strategy<Value = TarEntry> {
 const PICK: &str = "\u{0}pick:";
 
 /// A stack of 1..=`max_layers` layers of up to 6 entries each.
-pub fn stack(max_layers: usize) -> impl Strategy<Value = Vec<Vec<TarEntry>>> {
+pub fn stack(max_layers: usize, ns: XattrNamespace) -> impl Strategy<Value = Vec<Vec<TarEntry>>> {
     (
-        prop::collection::vec(prop::collection::vec(entry(4), 0..7), 1..=max_layers.max(1)),
+        prop::collection::vec(
+            prop::collection::vec(entry(4, ns), 0..7),
+            1..=max_layers.max(1),
+        ),
         prop::collection::vec(any::<u8>(), 64),
     )
         .prop_map(|(mut stack, picks)| {
