@@ -15,22 +15,34 @@ use std::path::Path;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use crate::error::{Error, Fault, IoOp, Result};
-use crate::layer::{self, EntryKind, Meta};
+use crate::layer::{EntryKind, Meta, StackReader};
+use crate::limits::{ReadOptions, Summary};
 use crate::output::Staged;
 use crate::rules::{self, Kind, LayerRules, Target};
 use crate::sys;
 
 /// Applies `layers` (bottom first) to a new directory `out`, which must not
-/// exist. The rootfs is built in a temporary sibling and renamed into place,
-/// so on failure nothing is left behind.
+/// exist, with default limits. See [`apply_to_new_dir_with`].
 pub fn apply_to_new_dir<R: Read>(layers: Vec<R>, out: &Path) -> Result<()> {
+    apply_to_new_dir_with(layers, out, &ReadOptions::default()).map(|_| ())
+}
+
+/// Applies `layers` (bottom first) to a new directory `out`, which must not
+/// exist. The rootfs is built in a temporary sibling and renamed into place,
+/// so on failure (or cancellation) nothing is left behind.
+pub fn apply_to_new_dir_with<R: Read>(
+    layers: Vec<R>,
+    out: &Path,
+    opts: &ReadOptions,
+) -> Result<Summary> {
     let staged = Staged::new(out)?;
-    apply_into(layers, staged.path())?;
-    staged.commit()
+    let summary = apply_into(layers, staged.path(), opts)?;
+    staged.commit()?;
+    Ok(summary)
 }
 
 /// Applies `layers` (bottom first) onto the existing directory `root`.
-pub fn apply_into<R: Read>(layers: Vec<R>, root: &Path) -> Result<()> {
+pub fn apply_into<R: Read>(layers: Vec<R>, root: &Path, opts: &ReadOptions) -> Result<Summary> {
     let root_fd = rfs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -38,15 +50,21 @@ pub fn apply_into<R: Read>(layers: Vec<R>, root: &Path) -> Result<()> {
     )
     .map_err(|e| Error::path(root.display(), "open root", e.into()))?;
     let mut disk = Disk::new(root_fd);
+    let mut stack = StackReader::new(*opts);
     for (index, reader) in layers.into_iter().enumerate() {
-        apply_layer(&mut disk, index, reader)?;
+        apply_layer(&mut disk, &mut stack, index, reader)?;
     }
-    Ok(())
+    Ok(stack.summary())
 }
 
-fn apply_layer<R: Read>(disk: &mut Disk, index: usize, reader: R) -> Result<()> {
+fn apply_layer<R: Read>(
+    disk: &mut Disk,
+    stack: &mut StackReader,
+    index: usize,
+    reader: R,
+) -> Result<()> {
     let mut rules = LayerRules::new(disk);
-    layer::read_layer(index, reader, |entry, data| {
+    stack.read_layer(index, reader, |entry, data| {
         rules
             .entry(entry, data)
             .map_err(|f| f.at(index, &entry.name))

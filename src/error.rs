@@ -34,6 +34,22 @@ pub enum Rule {
     UnsupportedEntryType,
     /// The archive cannot be read (truncated, corrupt compression, bad header).
     CorruptArchive,
+    /// More inflated bytes than `--max-bytes` (all layers together).
+    LimitBytes,
+    /// More entries than `--max-entries` (all layers together).
+    LimitEntries,
+    /// A file larger than `--max-file-bytes`.
+    LimitFileBytes,
+    /// A path deeper than `--max-depth` components.
+    LimitDepth,
+    /// Strict: the same path twice in one layer (layer.md forbids it).
+    DuplicateEntry,
+    /// Strict: `.wh.` at the start of a directory component.
+    WhiteoutInnerComponent,
+    /// Strict: a whiteout or opaque marker that is not an empty regular file.
+    WhiteoutNotRegular,
+    /// Strict: AUFS `.wh..wh.*` metadata, which lenient mode skips.
+    AufsMetadata,
 }
 
 impl Rule {
@@ -52,6 +68,14 @@ impl Rule {
             Rule::HardlinkToDirectory => "hardlink-to-directory",
             Rule::UnsupportedEntryType => "unsupported-entry-type",
             Rule::CorruptArchive => "corrupt-archive",
+            Rule::LimitBytes => "limit-bytes",
+            Rule::LimitEntries => "limit-entries",
+            Rule::LimitFileBytes => "limit-file-bytes",
+            Rule::LimitDepth => "limit-depth",
+            Rule::DuplicateEntry => "duplicate-entry",
+            Rule::WhiteoutInnerComponent => "whiteout-inner-component",
+            Rule::WhiteoutNotRegular => "whiteout-not-regular",
+            Rule::AufsMetadata => "aufs-metadata",
         }
     }
 
@@ -71,6 +95,16 @@ impl Rule {
             Rule::HardlinkToDirectory => "the hardlink's target is a directory",
             Rule::UnsupportedEntryType => "overlayer does not apply this tar entry type",
             Rule::CorruptArchive => "the archive is truncated or corrupt",
+            Rule::LimitBytes => "the layers inflate past --max-bytes",
+            Rule::LimitEntries => "the layers hold more entries than --max-entries",
+            Rule::LimitFileBytes => "a file is larger than --max-file-bytes",
+            Rule::LimitDepth => "a path is deeper than --max-depth components",
+            Rule::DuplicateEntry => "the path appears twice in the layer (OCI layer.md; --strict)",
+            Rule::WhiteoutInnerComponent => "a directory component starts with `.wh.` (--strict)",
+            Rule::WhiteoutNotRegular => {
+                "a whiteout must be an empty regular file (OCI layer.md; --strict)"
+            }
+            Rule::AufsMetadata => "AUFS `.wh..wh.` metadata in the layer (--strict)",
         }
     }
 }
@@ -101,6 +135,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The work was cancelled (Ctrl-C); nothing was left behind.
+    #[error("cancelled")]
+    Cancelled,
     /// An operation on an output or captured directory failed, outside any layer.
     #[error("{path}: {op}: {source}")]
     Path {
@@ -133,7 +170,7 @@ impl Error {
             Error::Invalid { layer, entry, .. } | Error::Io { layer, entry, .. } => {
                 Some((*layer, entry.as_str()))
             }
-            Error::Path { .. } => None,
+            Error::Path { .. } | Error::Cancelled => None,
         }
     }
 

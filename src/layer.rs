@@ -5,9 +5,13 @@
 //! zstd-compressed; entry names are relative to the root, so `./a`, `/a` and
 //! `a` are the same path.
 
+use std::cell::Cell;
+use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read};
+use std::rc::Rc;
 
 use crate::error::{Error, Fault, Result, Rule};
+use crate::limits::{self, Notice, ReadOptions, Summary};
 use crate::spec::{self, WhiteoutName};
 
 /// The compression of a layer, detected from its first bytes.
@@ -119,49 +123,213 @@ pub fn normalise(raw: &[u8]) -> std::result::Result<RelPath, Rule> {
     Ok(out)
 }
 
-/// Reads every entry of one layer and hands it, with its content, to `visit`.
-///
-/// AUFS metadata (`.wh..wh.*` other than the opaque marker, anywhere in the
-/// path) is skipped: layer.md reserves those names and they never reach a
-/// rootfs. PAX global headers are ignored.
-pub fn read_layer<R, F>(layer: usize, reader: R, mut visit: F) -> Result<()>
+/// Why the counting reader stopped the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trip {
+    Bytes,
+    Cancel,
+}
+
+/// The inflated stream of a layer, counted against the byte budget and
+/// watching for cancellation on every read, so a bomb stops within one
+/// buffer of the limit.
+struct Counted<R> {
+    inner: R,
+    used: Rc<Cell<u64>>,
+    max: u64,
+    trip: Rc<Cell<Option<Trip>>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if limits::cancelled() {
+            self.trip.set(Some(Trip::Cancel));
+            return Err(io::Error::other("cancelled"));
+        }
+        let n = self.inner.read(buf)?;
+        let used = self.used.get() + n as u64;
+        self.used.set(used);
+        if used > self.max {
+            self.trip.set(Some(Trip::Bytes));
+            return Err(io::Error::other("inflated size limit exceeded"));
+        }
+        Ok(n)
+    }
+}
+
+/// Reads the layers of one stack, bottom first, keeping the budget of the
+/// limits across them and collecting strict-mode notices.
+pub struct StackReader {
+    opts: ReadOptions,
+    entries: u64,
+    bytes: Rc<Cell<u64>>,
+    notices: Vec<Notice>,
+}
+
+impl StackReader {
+    pub fn new(opts: ReadOptions) -> Self {
+        StackReader {
+            opts,
+            entries: 0,
+            bytes: Rc::new(Cell::new(0)),
+            notices: Vec::new(),
+        }
+    }
+
+    /// What was read so far.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            entries: self.entries,
+            bytes: self.bytes.get(),
+            notices: self.notices.clone(),
+        }
+    }
+
+    /// Reads every entry of one layer and hands it, with its content, to
+    /// `visit`.
+    ///
+    /// AUFS metadata (`.wh..wh.*` other than the opaque marker, anywhere in
+    /// the path) is skipped (refused in strict mode): layer.md reserves those
+    /// names and they never reach a rootfs. PAX global headers are ignored.
+    pub fn read_layer<R, F>(&mut self, layer: usize, reader: R, mut visit: F) -> Result<()>
+    where
+        R: Read,
+        F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
+    {
+        let trip = Rc::new(Cell::new(None));
+        let mut last = String::from("<archive start>");
+        let result = self.read_entries(layer, reader, &trip, &mut last, &mut visit);
+        match (result, trip.get()) {
+            (Ok(()), _) => Ok(()),
+            // A signal handler may set the flag just after the read it
+            // interrupted failed for another reason (EOF on a closed pipe).
+            (Err(_), _) if limits::cancelled() => Err(Error::Cancelled),
+            (Err(_), Some(Trip::Cancel)) => Err(Error::Cancelled),
+            (Err(_), Some(Trip::Bytes)) => Err(Error::Invalid {
+                layer,
+                entry: last,
+                rule: Rule::LimitBytes,
+                detail: Some(format!("limit {} bytes", self.opts.limits.max_bytes)),
+            }),
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    fn read_entries<R, F>(
+        &mut self,
+        layer: usize,
+        reader: R,
+        trip: &Rc<Cell<Option<Trip>>>,
+        last: &mut String,
+        visit: &mut F,
+    ) -> Result<()>
+    where
+        R: Read,
+        F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
+    {
+        let corrupt = |entry: &str, e: io::Error| Error::Invalid {
+            layer,
+            entry: entry.to_string(),
+            rule: Rule::CorruptArchive,
+            detail: Some(e.to_string()),
+        };
+        let inflated = decompress(reader).map_err(|e| corrupt("<archive>", e))?;
+        let counted = Counted {
+            inner: inflated,
+            used: self.bytes.clone(),
+            max: self.opts.limits.max_bytes,
+            trip: trip.clone(),
+        };
+        let mut archive = tar::Archive::new(counted);
+        let mut seen: HashSet<RelPath> = HashSet::new();
+        let entries = archive.entries().map_err(|e| corrupt(last, e))?;
+        for item in entries {
+            let mut tar_entry = item.map_err(|e| corrupt(&format!("after {last}"), e))?;
+            let raw_name = tar_entry.path_bytes().into_owned();
+            // Errors name the normalised path; the raw one if it has none (`../x`).
+            *last = match normalise(&raw_name) {
+                Ok(path) => display(&path),
+                Err(_) => String::from_utf8_lossy(&raw_name).into_owned(),
+            };
+            if limits::cancelled() {
+                return Err(Error::Cancelled);
+            }
+            self.entries += 1;
+            let limits = &self.opts.limits;
+            let over = |rule: Rule, limit: String| Error::Invalid {
+                layer,
+                entry: last.clone(),
+                rule,
+                detail: Some(limit),
+            };
+            if self.entries > limits.max_entries {
+                return Err(over(
+                    Rule::LimitEntries,
+                    format!("limit {}", limits.max_entries),
+                ));
+            }
+            let size = tar_entry.header().entry_size().unwrap_or(0);
+            if size > limits.max_file_bytes {
+                return Err(over(
+                    Rule::LimitFileBytes,
+                    format!("{size} bytes, limit {}", limits.max_file_bytes),
+                ));
+            }
+            let strict = self.opts.strict.then_some(&mut seen);
+            let entry = match parse_entry(&mut tar_entry, &raw_name, strict) {
+                Ok(Some(entry)) => entry,
+                Ok(None) => continue,
+                Err(fault) => return Err(fault.at(layer, last)),
+            };
+            let depth = match &entry.kind {
+                EntryKind::Hardlink(target) => entry.path.len().max(target.len()),
+                _ => entry.path.len(),
+            };
+            if depth > limits.max_depth {
+                return Err(over(
+                    Rule::LimitDepth,
+                    format!("{depth} components, limit {}", limits.max_depth),
+                ));
+            }
+            if self.opts.strict {
+                self.notice(layer, &entry);
+            }
+            visit(&entry, &mut tar_entry)?;
+            // Drain what the visitor left so a read error surfaces here, named.
+            io::copy(&mut tar_entry, &mut io::sink()).map_err(|e| corrupt(last, e))?;
+        }
+        Ok(())
+    }
+
+    fn notice(&mut self, layer: usize, entry: &Entry) {
+        let what = match entry.kind {
+            EntryKind::Char(..) | EntryKind::Block(..) => "device node",
+            EntryKind::File if entry.meta.mode & 0o6000 != 0 => "setuid or setgid file",
+            _ => return,
+        };
+        self.notices.push(Notice {
+            layer,
+            entry: entry.name.clone(),
+            what,
+        });
+    }
+}
+
+/// Reads one layer with default options (see [`StackReader::read_layer`]).
+pub fn read_layer<R, F>(layer: usize, reader: R, visit: F) -> Result<()>
 where
     R: Read,
     F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
 {
-    let corrupt = |entry: &str, e: io::Error| Error::Invalid {
-        layer,
-        entry: entry.to_string(),
-        rule: Rule::CorruptArchive,
-        detail: Some(e.to_string()),
-    };
-    let reader = decompress(reader).map_err(|e| corrupt("<archive>", e))?;
-    let mut archive = tar::Archive::new(reader);
-    let mut last = String::from("<archive start>");
-    let entries = archive.entries().map_err(|e| corrupt(&last, e))?;
-    for item in entries {
-        let mut tar_entry = item.map_err(|e| corrupt(&format!("after {last}"), e))?;
-        let raw_name = tar_entry.path_bytes().into_owned();
-        // Errors name the normalised path; the raw one if it has none (`../x`).
-        last = match normalise(&raw_name) {
-            Ok(path) => display(&path),
-            Err(_) => String::from_utf8_lossy(&raw_name).into_owned(),
-        };
-        let entry = match parse_entry(&mut tar_entry, &raw_name) {
-            Ok(Some(entry)) => entry,
-            Ok(None) => continue,
-            Err(fault) => return Err(fault.at(layer, &last)),
-        };
-        visit(&entry, &mut tar_entry)?;
-        // Drain what the visitor left so a read error surfaces here, named.
-        io::copy(&mut tar_entry, &mut io::sink()).map_err(|e| corrupt(&last, e))?;
-    }
-    Ok(())
+    StackReader::new(ReadOptions::default()).read_layer(layer, reader, visit)
 }
 
+/// Parses one header. With `strict` (the paths seen so far in this layer),
+/// refuses what lenient mode tolerates.
 fn parse_entry<R: Read>(
     tar_entry: &mut tar::Entry<'_, R>,
     raw_name: &[u8],
+    strict: Option<&mut HashSet<RelPath>>,
 ) -> std::result::Result<Option<Entry>, Fault> {
     use tar::EntryType as T;
     let header = tar_entry.header();
@@ -171,7 +339,25 @@ fn parse_entry<R: Read>(
     }
     let mut path = normalise(raw_name)?;
     let name = display(&path);
-    if path.iter().any(|c| is_aufs_meta(c)) {
+    let aufs = path.iter().any(|c| is_aufs_meta(c));
+    let strict = match strict {
+        Some(seen) => {
+            if aufs {
+                return Err(Rule::AufsMetadata.into());
+            }
+            if !seen.insert(path.clone()) {
+                return Err(Rule::DuplicateEntry.into());
+            }
+            if let Some((_, dirs)) = path.split_last() {
+                if dirs.iter().any(|c| c.starts_with(spec::WHITEOUT_PREFIX)) {
+                    return Err(Rule::WhiteoutInnerComponent.into());
+                }
+            }
+            true
+        }
+        None => false,
+    };
+    if aufs {
         return Ok(None);
     }
     let mut meta = Meta {
@@ -251,6 +437,12 @@ fn parse_entry<R: Read>(
             }
         }
     }
+    let is_marker = path
+        .last()
+        .is_some_and(|l| spec::classify(l) != WhiteoutName::Plain);
+    if strict && is_marker && (kind != EntryKind::File || header_size(tar_entry) != 0) {
+        return Err(Rule::WhiteoutNotRegular.into());
+    }
     if let Some(last) = path.last() {
         match spec::classify(last) {
             WhiteoutName::Plain => {}
@@ -279,6 +471,10 @@ fn parse_entry<R: Read>(
         kind,
         meta,
     }))
+}
+
+fn header_size<R: Read>(tar_entry: &tar::Entry<'_, R>) -> u64 {
+    tar_entry.header().entry_size().unwrap_or(0)
 }
 
 /// `.wh..wh.*` names other than the opaque marker and `.wh..wh.` (a whiteout

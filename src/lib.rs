@@ -15,6 +15,7 @@
 pub mod apply;
 pub mod error;
 pub mod layer;
+pub mod limits;
 pub mod mount;
 pub mod output;
 mod rules;
@@ -23,6 +24,7 @@ pub mod sys;
 pub mod to_overlay;
 pub mod tree;
 
-pub use apply::{apply_into, apply_to_new_dir};
+pub use apply::{apply_into, apply_to_new_dir, apply_to_new_dir_with};
 pub use error::{Error, Result, Rule};
+pub use limits::{Limits, Notice, ReadOptions, Summary};
 pub use to_overlay::{convert_into, convert_to_new_dir, ConvertOptions, Converted};

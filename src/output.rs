@@ -2,8 +2,29 @@
 //! and renamed into place only on success, so a failure leaves nothing.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+
+/// Temporary outputs under construction, so a signal handler can remove
+/// them if the work cannot stop in time (a read blocked on a silent pipe).
+static IN_PROGRESS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every temporary output still under construction. For a signal
+/// handler that is about to exit the process.
+pub fn abandon_all() {
+    let dirs = std::mem::take(&mut *IN_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn forget(dir: &Path) {
+    IN_PROGRESS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|d| d != dir);
+}
 
 /// A directory under construction next to its final path.
 pub struct Staged {
@@ -36,6 +57,10 @@ impl Staged {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::path(tmp.path().display(), "chmod", e))?;
+        IN_PROGRESS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tmp.path().to_path_buf());
         Ok(Staged {
             tmp: Some(tmp),
             out: out.to_path_buf(),
@@ -50,6 +75,7 @@ impl Staged {
     /// Renames the result into place; fails rather than replace an existing path.
     pub fn commit(mut self) -> Result<()> {
         let tmp = self.tmp.take().expect("not committed").keep();
+        forget(&tmp);
         rustix::fs::renameat_with(
             rustix::fs::CWD,
             &tmp,
@@ -61,5 +87,14 @@ impl Staged {
             let _ = std::fs::remove_dir_all(&tmp);
             Error::path(self.out.display(), "rename into place", e.into())
         })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            forget(tmp.path());
+            // TempDir's own drop removes the directory.
+        }
     }
 }

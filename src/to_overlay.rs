@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use crate::error::{Error, Fault, IoOp, Result};
-use crate::layer::{self, EntryKind, Meta, RelPath};
+use crate::layer::{EntryKind, Meta, RelPath, StackReader};
+use crate::limits::{ReadOptions, Summary};
 use crate::output::Staged;
 use crate::rules::{self, Kind, LayerRules, Target};
 use crate::spec;
@@ -41,6 +42,8 @@ pub struct ConvertOptions {
     /// Write `user.overlay.*` markers (for `-o userxattr` mounts) instead of
     /// `trusted.overlay.*`.
     pub userxattr: bool,
+    /// Limits and strict mode.
+    pub read: ReadOptions,
 }
 
 impl ConvertOptions {
@@ -58,6 +61,7 @@ impl ConvertOptions {
 #[derive(Debug, Clone)]
 pub struct Converted {
     pub layers: Vec<PathBuf>,
+    pub summary: Summary,
 }
 
 impl Converted {
@@ -92,10 +96,13 @@ pub fn convert_to_new_dir<R: Read>(
     opts: ConvertOptions,
 ) -> Result<Converted> {
     let staged = Staged::new(out)?;
-    let n = convert_into(layers, staged.path(), opts)?.layers.len();
+    let done = convert_into(layers, staged.path(), opts)?;
     staged.commit()?;
     Ok(Converted {
-        layers: (0..n).map(|i| out.join(i.to_string())).collect(),
+        layers: (0..done.layers.len())
+            .map(|i| out.join(i.to_string()))
+            .collect(),
+        summary: done.summary,
     })
 }
 
@@ -133,12 +140,13 @@ fn convert_layers<R: Read>(
     .map_err(|e| Error::path(staging.display(), "open", e.into()))?;
     let mut tree = MemTree::new(staging_fd);
     let mut dirs = Vec::new();
+    let mut stack = StackReader::new(opts.read);
     for (index, reader) in layers.into_iter().enumerate() {
         let before = tree.nodes.clone();
         tree.changed.clear();
         tree.opaqued.clear();
         let mut rules = LayerRules::new(&mut tree);
-        layer::read_layer(index, reader, |entry, data| {
+        stack.read_layer(index, reader, |entry, data| {
             rules
                 .entry(entry, data)
                 .map_err(|f| f.at(index, &entry.name))
@@ -160,7 +168,10 @@ fn convert_layers<R: Read>(
         .map_err(|f| f.at(index, "<writing overlay layer>"))?;
         dirs.push(layer_dir);
     }
-    Ok(Converted { layers: dirs })
+    Ok(Converted {
+        layers: dirs,
+        summary: stack.summary(),
+    })
 }
 
 #[derive(Debug, Clone)]

@@ -19,7 +19,95 @@ pub struct Case {
     pub requires: Vec<String>,
     /// Layers, bottom first; each a list of tar entries in archive order.
     pub layers: Vec<Vec<TarEntry>>,
+    /// Byte-level changes to the built layers, in order (compression,
+    /// corruption), for cases about damaged archives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transform: Vec<Transform>,
+    /// Reading options the case runs with (strict mode, limits).
+    #[serde(default, skip_serializing_if = "CaseOptions::is_default")]
+    pub options: CaseOptions,
     pub expect: Expect,
+}
+
+/// A byte-level change to one built layer. (`deny_unknown_fields` does not
+/// work with `flatten`; the tagged `op` enum rejects unknown operations.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transform {
+    pub layer: usize,
+    #[serde(flatten)]
+    pub op: TransformOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum TransformOp {
+    /// Compress with gzip.
+    Gzip,
+    /// Compress with zstd.
+    Zstd,
+    /// Keep only the first `at` bytes.
+    Truncate { at: usize },
+    /// XOR the byte at `at` with 0xff.
+    FlipByte { at: usize },
+}
+
+/// Options a case runs with; each maps to a command-line flag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseOptions {
+    /// `--strict`: refuse what the spec forbids or tools disagree on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<usize>,
+}
+
+impl CaseOptions {
+    fn is_default(&self) -> bool {
+        *self == CaseOptions::default()
+    }
+}
+
+impl Case {
+    /// The layer bytes the case describes: tars, then the transforms.
+    pub fn layer_bytes(&self) -> Result<Vec<Vec<u8>>> {
+        let mut layers = self
+            .layers
+            .iter()
+            .map(|l| build_tar(l))
+            .collect::<Result<Vec<_>>>()?;
+        for t in &self.transform {
+            let Some(bytes) = layers.get_mut(t.layer) else {
+                bail!("transform names layer {}, which does not exist", t.layer);
+            };
+            apply_transform(bytes, &t.op)?;
+        }
+        Ok(layers)
+    }
+}
+
+fn apply_transform(bytes: &mut Vec<u8>, op: &TransformOp) -> Result<()> {
+    use std::io::Write;
+    match op {
+        TransformOp::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(bytes)?;
+            *bytes = enc.finish()?;
+        }
+        TransformOp::Zstd => *bytes = zstd::encode_all(&bytes[..], 3)?,
+        TransformOp::Truncate { at } => bytes.truncate(*at),
+        TransformOp::FlipByte { at } => match bytes.get_mut(*at) {
+            Some(b) => *b ^= 0xff,
+            None => bail!("flip-byte at {at}: the layer has {} bytes", bytes.len()),
+        },
+    }
+    Ok(())
 }
 
 /// The expected outcome.
@@ -254,6 +342,12 @@ pub fn to_pretty_json(case: &Case) -> Result<String> {
             serde_json::to_string(&case.requires)?
         ));
     }
+    if !case.options.is_default() {
+        out.push_str(&format!(
+            "  \"options\": {},\n",
+            serde_json::to_string(&case.options)?
+        ));
+    }
     out.push_str("  \"layers\": [\n");
     for (i, layer) in case.layers.iter().enumerate() {
         out.push_str("    [\n");
@@ -265,6 +359,14 @@ pub fn to_pretty_json(case: &Case) -> Result<String> {
         out.push_str(&format!("    ]{comma}\n"));
     }
     out.push_str("  ],\n");
+    if !case.transform.is_empty() {
+        let ts: Vec<String> = case
+            .transform
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()?;
+        out.push_str(&format!("  \"transform\": [{}],\n", ts.join(", ")));
+    }
     match &case.expect {
         Expect::Error(e) => {
             out.push_str(&format!(
@@ -306,6 +408,14 @@ mod tests {
         let case = Case {
             why: "w".into(),
             requires: vec![],
+            transform: vec![Transform {
+                layer: 0,
+                op: TransformOp::Truncate { at: 5 },
+            }],
+            options: CaseOptions {
+                strict: true,
+                ..Default::default()
+            },
             layers: vec![vec![TarEntry {
                 path: "a".into(),
                 text: "x".into(),
@@ -320,6 +430,8 @@ mod tests {
         let text = to_pretty_json(&case).unwrap();
         let back: Case = serde_json::from_str(&text).unwrap();
         assert_eq!(back.layers, case.layers);
+        assert_eq!(back.transform, case.transform);
+        assert_eq!(back.options, case.options);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use overlayer::tree::{self, View};
-use overlayer::ConvertOptions;
+use overlayer::{ConvertOptions, Limits, ReadOptions};
 
 use crate::case;
 use crate::kernel;
@@ -31,6 +31,52 @@ struct Cli {
     command: Command,
 }
 
+/// Limits and strict mode, shared by the commands that read layers.
+#[derive(clap::Args, Debug, Clone)]
+struct ReadArgs {
+    /// Refuse what the OCI spec forbids or tools disagree on (duplicate
+    /// entries, `.wh.` directory components, whiteouts that are not empty
+    /// regular files, AUFS metadata) and report setuid/setgid files and
+    /// device nodes.
+    #[arg(long)]
+    strict: bool,
+    /// Most inflated bytes of all layers together.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_BYTES)]
+    max_bytes: u64,
+    /// Most entries of all layers together.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_ENTRIES)]
+    max_entries: u64,
+    /// Largest single file.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_FILE_BYTES)]
+    max_file_bytes: u64,
+    /// Deepest path, in components.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_DEPTH)]
+    max_depth: usize,
+}
+
+impl ReadArgs {
+    fn options(&self) -> ReadOptions {
+        ReadOptions {
+            strict: self.strict,
+            limits: Limits {
+                max_bytes: self.max_bytes,
+                max_entries: self.max_entries,
+                max_file_bytes: self.max_file_bytes,
+                max_depth: self.max_depth,
+            },
+        }
+    }
+}
+
+fn report_notices(summary: &overlayer::Summary) {
+    for n in &summary.notices {
+        eprintln!(
+            "overlayer: strict: layer {}: entry {:?}: {}",
+            n.layer, n.entry, n.what
+        );
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Apply layers (bottom first) into a new flat rootfs directory.
@@ -43,6 +89,8 @@ enum Command {
         layers: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Convert layers into overlay-native directories OUT/0 … OUT/N-1.
     ///
@@ -57,6 +105,8 @@ enum Command {
         /// Write user.overlay.* markers, for `mount -o userxattr`.
         #[arg(long)]
         userxattr: bool,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Convert on a private tmpfs, mount with overlayfs, print the kernel's
     /// merged view, unmount. Needs root.
@@ -68,6 +118,8 @@ enum Command {
         /// Print the view as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Compare two directory trees; exit 0 if the same, 1 if different.
     ///
@@ -131,9 +183,26 @@ enum Command {
 /// Entry point: runs the command and maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C stops the work at the next read and its temporary output is
+    // removed; if no read comes (a silent pipe), the handler removes the
+    // temporary outputs itself after a grace period and exits.
+    let _ = ctrlc::set_handler(|| {
+        overlayer::limits::cancel();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        overlayer::output::abandon_all();
+        eprintln!("overlayer: cancelled; nothing was left behind");
+        std::process::exit(130);
+    });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
+            let cancelled = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(overlayer::Error::Cancelled)));
+            if cancelled {
+                eprintln!("overlayer: cancelled; nothing was left behind");
+                return ExitCode::from(130);
+            }
             eprintln!("overlayer: error: {e:#}");
             ExitCode::from(2)
         }
@@ -149,21 +218,27 @@ fn open_layers(paths: &[PathBuf]) -> Result<Vec<File>> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Apply { layers, out } => {
+        Command::Apply { layers, out, read } => {
             let files = open_layers(&layers)?;
-            overlayer::apply_to_new_dir(files, &out)
+            let summary = overlayer::apply_to_new_dir_with(files, &out, &read.options())
                 .with_context(|| format!("apply into {}", out.display()))?;
+            report_notices(&summary);
             Ok(ExitCode::SUCCESS)
         }
         Command::Convert {
             layers,
             out,
             userxattr,
+            read,
         } => {
             let files = open_layers(&layers)?;
-            let converted =
-                overlayer::convert_to_new_dir(files, &out, ConvertOptions { userxattr })
-                    .with_context(|| format!("convert into {}", out.display()))?;
+            let opts = ConvertOptions {
+                userxattr,
+                read: read.options(),
+            };
+            let converted = overlayer::convert_to_new_dir(files, &out, opts)
+                .with_context(|| format!("convert into {}", out.display()))?;
+            report_notices(&converted.summary);
             println!("lowerdir={}", converted.lowerdir());
             Ok(ExitCode::SUCCESS)
         }
@@ -171,6 +246,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             layers,
             userxattr,
             json,
+            read,
         } => {
             if let Some(reason) = kernel::unavailable() {
                 anyhow::bail!("cannot mount: {reason}");
@@ -179,9 +255,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|p| std::fs::read(p).with_context(|| format!("read layer {}", p.display())))
                 .collect::<Result<Vec<_>>>()?;
-            let view =
-                kernel::with_scratch(|s| s.kernel_view(&tars, ConvertOptions { userxattr }))?
-                    .context("convert")?;
+            let opts = ConvertOptions {
+                userxattr,
+                read: read.options(),
+            };
+            let view = kernel::with_scratch(|s| s.kernel_view(&tars, opts))?.context("convert")?;
             print_view(&view, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -229,6 +307,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_layers,
                 userxattr,
                 kernel: !no_kernel,
+                read: ReadOptions::default(),
             },
             save,
             json,

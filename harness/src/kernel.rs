@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use overlayer::mount::{self, OverlayMount};
 use overlayer::tree::{self, View};
-use overlayer::ConvertOptions;
+use overlayer::{ConvertOptions, ReadOptions};
 
 /// The outcome of applying or converting a stack: a view, or the library's error.
 pub type Outcome = std::result::Result<View, overlayer::Error>;
@@ -94,15 +94,18 @@ impl Scratch {
         Ok(dir)
     }
 
-    /// The flat rootfs of `tars` (userspace apply), as a view.
-    pub fn apply_view(&mut self, tars: &[Vec<u8>]) -> Result<Outcome> {
+    /// The flat rootfs of `tars` (userspace apply), as a view. Sentinels
+    /// around the output must come through untouched, or this is an error.
+    pub fn apply_view(&mut self, tars: &[Vec<u8>], opts: &ReadOptions) -> Result<Outcome> {
         let work = self.fresh()?;
         let out = work.join("rootfs");
+        let sentinels = Sentinels::plant(&work)?;
         let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
-        let outcome = match overlayer::apply_to_new_dir(readers, &out) {
-            Ok(()) => Ok(tree::capture(&out)?),
+        let outcome = match overlayer::apply_to_new_dir_with(readers, &out, opts) {
+            Ok(_) => Ok(tree::capture(&out)?),
             Err(e) => Err(e),
         };
+        sentinels.check(&work, outcome.is_ok())?;
         remove(&work);
         Ok(outcome)
     }
@@ -132,6 +135,59 @@ impl Scratch {
         mount::unmount(&merged)?;
         remove(&work);
         Ok(Ok(view?))
+    }
+}
+
+/// Files and a directory next to an output, which nothing may touch.
+struct Sentinels {
+    before: View,
+}
+
+const SENTINEL_FILE: &str = "sentinel-file";
+const SENTINEL_DIR: &str = "sentinel-dir";
+
+impl Sentinels {
+    fn plant(work: &Path) -> Result<Self> {
+        std::fs::write(work.join(SENTINEL_FILE), b"must not change")?;
+        std::fs::create_dir(work.join(SENTINEL_DIR))?;
+        std::fs::write(work.join(SENTINEL_DIR).join("passwd"), b"root:x:0:0")?;
+        Ok(Sentinels {
+            before: tree::capture(work)?,
+        })
+    }
+
+    /// Everything around the output is as planted, and the output exists
+    /// only if the work succeeded (no partial output on failure).
+    fn check(&self, work: &Path, succeeded: bool) -> Result<()> {
+        let mut after = tree::capture(work)?;
+        let had_output = after
+            .nodes
+            .keys()
+            .any(|k| k == "rootfs" || k.starts_with("rootfs/"));
+        after
+            .nodes
+            .retain(|k, _| k != "rootfs" && !k.starts_with("rootfs/"));
+        let mut before = self.before.clone();
+        // The work directory's own mtime changes when the output appears.
+        before.nodes.remove(".");
+        after.nodes.remove(".");
+        let changed = tree::diff(&before, &after);
+        anyhow::ensure!(
+            changed.is_empty(),
+            "apply changed files outside its output: {}",
+            changed
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        anyhow::ensure!(
+            had_output == succeeded,
+            "apply left {} output after {}",
+            if had_output { "an" } else { "no" },
+            if succeeded { "success" } else { "failure" }
+        );
+        Ok(())
     }
 }
 

@@ -24,6 +24,8 @@ pub struct PropOptions {
     pub userxattr: bool,
     /// Check the kernel too (when it can mount).
     pub kernel: bool,
+    /// Reading options for apply (the defaults, unless a test says otherwise).
+    pub read: overlayer::ReadOptions,
 }
 
 /// Summary of a run.
@@ -53,6 +55,7 @@ pub fn check_stack(
     opts: ConvertOptions,
     with_kernel: bool,
 ) -> Result<Checked, String> {
+    let read = opts.read;
     let tars: Vec<Vec<u8>> = stack
         .iter()
         .map(|l| build_tar(l))
@@ -60,7 +63,7 @@ pub fn check_stack(
         .map_err(|e| format!("building tars: {e:#}"))?;
     let expected = model::run(stack);
     let applied = scratch
-        .apply_view(&tars)
+        .apply_view(&tars, &read)
         .map_err(|e| format!("apply harness: {e:#}"))?;
     agree("apply", &expected, &applied, false)?;
     let mut mounted = false;
@@ -145,6 +148,7 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     let failing = RefCell::new(false);
     let convert = ConvertOptions {
         userxattr: opts.userxattr,
+        read: opts.read,
     };
     let start = Instant::now();
     let xattrs = if scratch.borrow().user_xattrs() {
@@ -205,6 +209,8 @@ pub fn as_case(stack: &[Vec<TarEntry>], failure: &str, seed: u64) -> Case {
         why: format!("Found by `overlayer prop --seed {seed}`: {failure}"),
         requires: vec![],
         layers: stack.to_vec(),
+        transform: vec![],
+        options: Default::default(),
         expect,
     }
 }

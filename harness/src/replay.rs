@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use overlayer::ConvertOptions;
+use overlayer::{ConvertOptions, Limits, ReadOptions};
 use serde::Serialize;
 
-use crate::case::{build_tar, Case, CaseFile, Expect, ExpectedError};
+use crate::case::{Case, CaseFile, CaseOptions, Expect, ExpectedError};
 use crate::kernel::{Outcome, Scratch};
 use crate::known;
 
@@ -52,11 +52,7 @@ const SUPPORTED_FEATURES: &[&str] = &["userxattr"];
 pub fn run_case(scratch: &mut Scratch, file: &CaseFile, opts: ReplayOptions) -> Result<CaseResult> {
     let start = Instant::now();
     let case = &file.case;
-    let tars = case
-        .layers
-        .iter()
-        .map(|l| build_tar(l))
-        .collect::<Result<Vec<_>>>()?;
+    let tars = case.layer_bytes()?;
     if uses_user_xattrs(case) && !scratch.user_xattrs() {
         let skip = Verdict::Skip(crate::kernel::NO_USER_XATTRS.into());
         return Ok(CaseResult {
@@ -66,24 +62,95 @@ pub fn run_case(scratch: &mut Scratch, file: &CaseFile, opts: ReplayOptions) -> 
             ms: start.elapsed().as_secs_f64() * 1e3,
         });
     }
-    let applied = scratch.apply_view(&tars)?;
+    let read = read_options(&case.options);
+    let host = HostPaths::record(case);
+    let applied = scratch.apply_view(&tars, &read)?;
     let apply = judge(case, &applied, Side::Flat);
     let kernel = match kernel_skip(scratch, case) {
         Some(reason) => Verdict::Skip(reason),
         None => {
             let opts = ConvertOptions {
                 userxattr: opts.userxattr,
+                read,
             };
             let merged = scratch.kernel_view(&tars, opts)?;
             judge(case, &merged, Side::Kernel)
         }
     };
+    if let Some(changed) = host.changed() {
+        anyhow::bail!(
+            "{}: the host changed outside the root: {changed}",
+            file.name
+        );
+    }
     Ok(CaseResult {
         name: file.name.clone(),
         apply,
         kernel,
         ms: start.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// The library's reading options for a case's `options`.
+pub fn read_options(o: &CaseOptions) -> ReadOptions {
+    let d = Limits::default();
+    ReadOptions {
+        strict: o.strict,
+        limits: Limits {
+            max_bytes: o.max_bytes.unwrap_or(d.max_bytes),
+            max_entries: o.max_entries.unwrap_or(d.max_entries),
+            max_file_bytes: o.max_file_bytes.unwrap_or(d.max_file_bytes),
+            max_depth: o.max_depth.unwrap_or(d.max_depth),
+        },
+    }
+}
+
+/// Host paths named by a case's absolute symlink targets, as they were
+/// before the case ran: a layer must never reach them.
+struct HostPaths(Vec<(String, Option<Vec<String>>)>);
+
+impl HostPaths {
+    fn record(case: &Case) -> Self {
+        let mut paths: Vec<String> = case
+            .layers
+            .iter()
+            .flatten()
+            .filter_map(|e| e.target.clone())
+            .filter(|t| t.starts_with('/') && t.len() > 1)
+            .collect();
+        paths.sort();
+        paths.dedup();
+        HostPaths(
+            paths
+                .into_iter()
+                .map(|p| {
+                    let state = Self::state(&p);
+                    (p, state)
+                })
+                .collect(),
+        )
+    }
+
+    /// `None` if missing, else the sorted names in it (empty for a non-dir).
+    fn state(path: &str) -> Option<Vec<String>> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        if !meta.is_dir() {
+            return Some(Vec::new());
+        }
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        Some(names)
+    }
+
+    fn changed(&self) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(p, before)| Self::state(p) != *before)
+            .map(|(p, _)| p.clone())
+    }
 }
 
 /// A case that writes `user.*` xattrs (or mounts with userxattr) needs a
@@ -177,15 +244,12 @@ pub fn record(scratch: &mut Scratch, case: &Case, opts: ReplayOptions) -> Result
         "recording needs the kernel oracle: {}",
         crate::kernel::unavailable().unwrap_or_default()
     );
-    let tars = case
-        .layers
-        .iter()
-        .map(|l| build_tar(l))
-        .collect::<Result<Vec<_>>>()?;
+    let tars = case.layer_bytes()?;
     let merged = scratch.kernel_view(
         &tars,
         ConvertOptions {
             userxattr: opts.userxattr,
+            read: read_options(&case.options),
         },
     )?;
     Ok(match merged {

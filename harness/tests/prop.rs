@@ -15,6 +15,7 @@ fn generated_stacks_agree_three_ways() {
         max_layers: 8,
         userxattr: false,
         kernel: true,
+        read: Default::default(),
     };
     let report = kernel::with_scratch(|s| Ok(run(s, &opts, |_| {}))).expect("harness runs");
     assert_eq!(

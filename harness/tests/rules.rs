@@ -63,7 +63,7 @@ fn outcome(layers: &[Vec<TarEntry>]) -> Result<View, String> {
     let expected = model::run(layers);
     let tars = tars(layers);
     let (applied, merged): (Outcome, Option<Outcome>) = kernel::with_scratch(|s| {
-        let applied = s.apply_view(&tars)?;
+        let applied = s.apply_view(&tars, &Default::default())?;
         let merged = if s.can_mount() {
             Some(s.kernel_view(&tars, ConvertOptions::default())?)
         } else {
@@ -528,7 +528,13 @@ fn userxattr_conversion_marks_user_overlay_opaque() {
         vec![file("bin/a", "")],
         vec![dir("bin/"), marker("bin/.wh..wh..opq")],
     ];
-    let t = convert(&layers, ConvertOptions { userxattr: true });
+    let t = convert(
+        &layers,
+        ConvertOptions {
+            userxattr: true,
+            ..Default::default()
+        },
+    );
     let bin = t.path().join("l/1/bin");
     assert_eq!(
         xattr(&bin, "user.overlay.opaque").as_deref(),

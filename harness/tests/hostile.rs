@@ -1,0 +1,330 @@
+//! Hostile input: decompression bombs stop at the limit, work is refused at
+//! once, and cancellation leaves nothing behind.
+
+use std::io::{self, Read, Write};
+use std::process::{Command, Stdio};
+
+use flate2::write::GzEncoder;
+use overlayer::{ConvertOptions, Limits, ReadOptions, Rule};
+
+const MIB: u64 = 1 << 20;
+const TIB: u64 = 1 << 40;
+
+/// A gzip stream of a tar holding one file of `size` zero bytes, compressed
+/// on the fly as it is read: nothing is ever on disk or whole in memory.
+struct GzipBomb {
+    encoder: GzEncoder<Vec<u8>>,
+    /// Plain (inflated) bytes still to feed the encoder.
+    left: u64,
+    /// Plain bytes fed so far: what a reader made us inflate.
+    fed: u64,
+    finished: bool,
+}
+
+impl GzipBomb {
+    fn new(size: u64) -> Self {
+        let mut header = tar::Header::new_gnu();
+        header.set_path("bomb").unwrap();
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(header.as_bytes()).unwrap();
+        GzipBomb {
+            encoder,
+            left: size,
+            fed: 512,
+            finished: false,
+        }
+    }
+}
+
+impl Read for GzipBomb {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let zeros = [0u8; 64 * 1024];
+        while self.encoder.get_ref().is_empty() && !self.finished {
+            if self.left == 0 {
+                self.encoder.try_finish()?;
+                self.finished = true;
+                break;
+            }
+            let n = self.left.min(zeros.len() as u64) as usize;
+            self.encoder.write_all(&zeros[..n])?;
+            self.left -= n as u64;
+            self.fed += n as u64;
+        }
+        let out = self.encoder.get_mut();
+        let n = out.len().min(buf.len());
+        buf[..n].copy_from_slice(&out[..n]);
+        out.drain(..n);
+        Ok(n)
+    }
+}
+
+fn bomb_limits(max_bytes: u64) -> ReadOptions {
+    ReadOptions {
+        limits: Limits {
+            max_bytes,
+            max_file_bytes: 2 * TIB,
+            ..Limits::default()
+        },
+        strict: false,
+    }
+}
+
+#[test]
+fn terabyte_gzip_bomb_stops_apply_at_the_byte_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bomb = GzipBomb::new(TIB);
+    let limit = 64 * MIB;
+    let err = overlayer::apply_to_new_dir_with(
+        vec![&mut bomb],
+        &tmp.path().join("rootfs"),
+        &bomb_limits(limit),
+    )
+    .unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::LimitBytes), "{err}");
+    assert_eq!(err.location(), Some((0, "bomb")));
+    // Work past the limit is bounded by the read buffers, not the bomb.
+    assert!(
+        bomb.fed < limit + 4 * MIB,
+        "inflated {} bytes for a {limit} limit",
+        bomb.fed
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "partial output left"
+    );
+}
+
+#[test]
+fn terabyte_gzip_bomb_stops_convert_at_the_byte_limit() {
+    if let Some(reason) = overlayer_harness::kernel::unavailable() {
+        eprintln!("SKIPPED: {reason} (convert writes whiteout devices and trusted xattrs)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bomb = GzipBomb::new(TIB);
+    let limit = 64 * MIB;
+    let opts = ConvertOptions {
+        read: bomb_limits(limit),
+        ..Default::default()
+    };
+    let err = overlayer::convert_to_new_dir(vec![&mut bomb], &tmp.path().join("layers"), opts)
+        .unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::LimitBytes), "{err}");
+    assert!(
+        bomb.fed < limit + 4 * MIB,
+        "inflated {} bytes for a {limit} limit",
+        bomb.fed
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "partial output left"
+    );
+}
+
+#[test]
+fn a_file_larger_than_the_file_limit_is_refused_before_its_content_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bomb = GzipBomb::new(TIB);
+    let err = overlayer::apply_to_new_dir_with(
+        vec![&mut bomb],
+        &tmp.path().join("rootfs"),
+        &ReadOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::LimitFileBytes), "{err}");
+    assert!(bomb.fed < 4 * MIB, "read {} bytes of content", bomb.fed);
+}
+
+#[test]
+fn ctrl_c_during_apply_exits_130_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rootfs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_overlayer"))
+        .args(["apply", "/dev/stdin", "--out"])
+        .arg(&out)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // A header for a large file and a little of its content; the pipe stays
+    // open, so apply is mid-file when the signal comes.
+    let mut header = tar::Header::new_gnu();
+    header.set_path("big").unwrap();
+    header.set_size(1 << 30);
+    header.set_cksum();
+    stdin.write_all(header.as_bytes()).unwrap();
+    stdin.write_all(&[0u8; 1 << 16]).unwrap();
+    // Wait until the temporary output exists: apply is running.
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(tmp.path()).unwrap().count() == 0 {
+        assert!(started.elapsed().as_secs() < 20, "apply never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    // Keep the pipe open and silent: the handler's grace period must end
+    // the blocked read, remove the temporary output and exit.
+    let output = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "output left behind"
+    );
+}
+
+fn tar_of(entries: &[overlayer_harness::case::TarEntry]) -> Vec<u8> {
+    overlayer_harness::case::build_tar(entries).unwrap()
+}
+
+fn entry(path: &str, text: &str) -> overlayer_harness::case::TarEntry {
+    overlayer_harness::case::TarEntry {
+        path: path.into(),
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+fn apply_rule(layer: &[u8], opts: &ReadOptions) -> Option<Rule> {
+    let tmp = tempfile::tempdir().unwrap();
+    overlayer::apply_to_new_dir_with(vec![layer], &tmp.path().join("r"), opts)
+        .err()
+        .and_then(|e| e.rule())
+}
+
+#[test]
+fn strict_mode_refuses_what_lenient_mode_tolerates() {
+    let strict = ReadOptions {
+        strict: true,
+        ..Default::default()
+    };
+    let lenient = ReadOptions::default();
+    let cases = [
+        (
+            vec![entry("a", "1"), entry("./a", "2")],
+            Rule::DuplicateEntry,
+        ),
+        (vec![entry(".wh.etc/x", "")], Rule::WhiteoutInnerComponent),
+        (vec![entry(".wh.x", "not empty")], Rule::WhiteoutNotRegular),
+        (vec![entry(".wh..wh.plnk/1", "")], Rule::AufsMetadata),
+    ];
+    for (entries, rule) in cases {
+        let layer = tar_of(&entries);
+        assert_eq!(apply_rule(&layer, &strict), Some(rule), "{entries:?}");
+        assert_eq!(apply_rule(&layer, &lenient), None, "{entries:?}");
+    }
+}
+
+#[test]
+fn strict_mode_reports_setuid_files_and_devices_without_refusing() {
+    let mut suid = entry("bin/su", "x");
+    suid.mode = Some("4755".into());
+    let dev = overlayer_harness::case::TarEntry {
+        path: "dev/null".into(),
+        kind: overlayer_harness::case::EntryType::Char,
+        rdev: Some([1, 3]),
+        ..Default::default()
+    };
+    let layer = tar_of(&[suid, dev]);
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ReadOptions {
+        strict: true,
+        ..Default::default()
+    };
+    let summary =
+        overlayer::apply_to_new_dir_with(vec![&layer[..]], &tmp.path().join("r"), &opts).unwrap();
+    let what: Vec<_> = summary
+        .notices
+        .iter()
+        .map(|n| (n.entry.as_str(), n.what))
+        .collect();
+    assert_eq!(
+        what,
+        [
+            ("bin/su", "setuid or setgid file"),
+            ("dev/null", "device node")
+        ]
+    );
+    assert!(tmp.path().join("r/dev/null").exists());
+}
+
+#[test]
+fn entry_and_depth_limits_stop_work() {
+    let deep = tar_of(&[entry(&vec!["d"; 40].join("/"), "")]);
+    let opts = ReadOptions {
+        limits: Limits {
+            max_depth: 39,
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(apply_rule(&deep, &opts), Some(Rule::LimitDepth));
+    let many = tar_of(&[entry("a", ""), entry("b", ""), entry("c", "")]);
+    let opts = ReadOptions {
+        limits: Limits {
+            max_entries: 2,
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(apply_rule(&many, &opts), Some(Rule::LimitEntries));
+}
+
+#[test]
+fn ctrl_c_while_data_still_flows_stops_at_the_next_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rootfs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_overlayer"))
+        .args(["apply", "/dev/stdin", "--out"])
+        .arg(&out)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_path("big").unwrap();
+    // Below the default file limit, so apply keeps reading.
+    header.set_size(16 << 30);
+    header.set_cksum();
+    stdin.write_all(header.as_bytes()).unwrap();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let writer = std::thread::spawn(move || {
+        // Feed data until the child stops reading.
+        let chunk = vec![0u8; 1 << 16];
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(tmp.path()).unwrap().count() == 0 {
+        assert!(started.elapsed().as_secs() < 20, "apply never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Let some content flow, then interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "output left behind"
+    );
+}

@@ -1,0 +1,86 @@
+//! Reading options: limits against decompression bombs and hostile archives,
+//! strict mode, and cancellation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const GIB: u64 = 1 << 30;
+
+/// Limits on what a stack of layers may hold, checked while reading so work
+/// stops at once when one is exceeded. The defaults are far above real
+/// images (the largest Debian-based images inflate to a few GB with a few
+/// hundred thousand entries), so only hostile input meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Inflated bytes of all layers together (tar headers included).
+    pub max_bytes: u64,
+    /// Entries of all layers together.
+    pub max_entries: u64,
+    /// Size of one file.
+    pub max_file_bytes: u64,
+    /// Components of one path (also bounds resolution work per entry).
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// 64 GiB inflated in all.
+    pub const DEFAULT_MAX_BYTES: u64 = 64 * GIB;
+    /// Ten million entries in all.
+    pub const DEFAULT_MAX_ENTRIES: u64 = 10_000_000;
+    /// 32 GiB for one file.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 32 * GIB;
+    /// 1,024 path components (a path that deep is already longer than
+    /// PATH_MAX with names of more than three bytes).
+    pub const DEFAULT_MAX_DEPTH: usize = 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            max_entries: Self::DEFAULT_MAX_ENTRIES,
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            max_depth: Self::DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
+/// How layers are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub limits: Limits,
+    /// Refuse what the spec forbids or tools disagree on (duplicate entries,
+    /// `.wh.` directory components, whiteouts that are not empty regular
+    /// files, AUFS metadata) instead of the lenient handling, and report
+    /// setuid/setgid files and device nodes.
+    pub strict: bool,
+}
+
+/// Something strict mode reports without refusing the layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Notice {
+    pub layer: usize,
+    pub entry: String,
+    pub what: &'static str,
+}
+
+/// What reading a stack took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub entries: u64,
+    /// Inflated bytes read.
+    pub bytes: u64,
+    pub notices: Vec<Notice>,
+}
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// Asks every running apply or convert to stop (for a Ctrl-C handler); the
+/// work fails with [`crate::Error::Cancelled`] and leaves nothing behind.
+pub fn cancel() {
+    CANCEL.store(true, Ordering::Relaxed);
+}
+
+/// True once [`cancel`] was called.
+pub fn cancelled() -> bool {
+    CANCEL.load(Ordering::Relaxed)
+}
