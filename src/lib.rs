@@ -16,15 +16,18 @@ pub mod apply;
 pub mod error;
 pub mod layer;
 pub mod limits;
+pub mod lower;
 pub mod mount;
 pub mod output;
 mod rules;
 pub mod spec;
 pub mod sys;
+pub mod to_oci;
 pub mod to_overlay;
 pub mod tree;
 
 pub use apply::{apply_into, apply_to_new_dir, apply_to_new_dir_with};
 pub use error::{Error, Result, Rule};
 pub use limits::{Limits, Notice, ReadOptions, Summary};
+pub use to_oci::{changes, export, export_to_file, Change, ExportOptions, ExportSummary};
 pub use to_overlay::{convert_into, convert_to_new_dir, ConvertOptions, Converted};

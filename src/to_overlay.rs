@@ -44,6 +44,12 @@ pub struct ConvertOptions {
     pub userxattr: bool,
     /// Limits and strict mode.
     pub read: ReadOptions,
+    /// Write whiteouts as xattr whiteouts (Linux 6.7+): an empty regular
+    /// file with `overlay.whiteout`, its directory and the layer root marked
+    /// `overlay.opaque="x"`, in both the `trusted.` and `user.` namespaces
+    /// so the layer works with and without `-o userxattr`. They need no
+    /// CAP_MKNOD, and nest (an outer overlay sees them as plain files).
+    pub xwhiteouts: bool,
 }
 
 impl ConvertOptions {
@@ -163,6 +169,7 @@ fn convert_layers<R: Read>(
             opts,
             dirty: HashSet::new(),
             emitted_inodes: HashMap::new(),
+            wrote_xwhiteouts: false,
         }
         .emit(&name)
         .map_err(|f| f.at(index, "<writing overlay layer>"))?;
@@ -384,6 +391,8 @@ struct Emitter<'a> {
     dirty: HashSet<RelPath>,
     /// Inodes already written in this layer, for links within it.
     emitted_inodes: HashMap<u64, RelPath>,
+    /// Whether this layer holds xattr whiteouts (its root is then marked).
+    wrote_xwhiteouts: bool,
 }
 
 impl Emitter<'_> {
@@ -402,7 +411,11 @@ impl Emitter<'_> {
         let fd =
             sys::open_entry(self.out, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open layer")?;
         // The kernel ignores opaque on a layer root: always merge, whiteouts.
-        self.emit_dir(fd.as_fd(), &[], &root_meta, Merge::Merged)
+        self.emit_dir(fd.as_fd(), &[], &root_meta, Merge::Merged)?;
+        if self.wrote_xwhiteouts {
+            mark_xwhiteouts_dir(fd.as_fd()).op("mark layer root for xattr whiteouts")?;
+        }
+        Ok(())
     }
 
     fn emit_dir(
@@ -425,8 +438,16 @@ impl Emitter<'_> {
                 .filter(|(k, _)| !self.tree.nodes.contains_key(*k))
                 .map(|(k, _)| k.last().expect("child").clone())
                 .collect();
-            for name in gone {
-                sys::make_whiteout(fd, &name).op("mknod whiteout (needs CAP_MKNOD)")?;
+            if self.opts.xwhiteouts && !gone.is_empty() {
+                for name in &gone {
+                    make_xwhiteout(fd, name).op("create xattr whiteout")?;
+                }
+                mark_xwhiteouts_dir(fd).op("mark directory for xattr whiteouts")?;
+                self.wrote_xwhiteouts = true;
+            } else {
+                for name in gone {
+                    sys::make_whiteout(fd, &name).op("mknod whiteout (needs CAP_MKNOD)")?;
+                }
             }
         }
         rfs::futimens(fd, &times(meta.mtime))
@@ -600,6 +621,38 @@ impl Emitter<'_> {
         io::copy(&mut File::from(src), &mut File::from(dst)).op("copy hardlink target")?;
         Ok(())
     }
+}
+
+/// Both namespaces, so the layer works with and without `-o userxattr`.
+const MARKER_NAMESPACES: [&str; 2] = [spec::TRUSTED_OVERLAY, spec::USER_OVERLAY];
+
+/// overlayfs.rst (6.7+): an xattr whiteout is an empty regular file with
+/// `overlay.whiteout`.
+fn make_xwhiteout(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
+    for ns in MARKER_NAMESPACES {
+        sys::fset_xattr(
+            fd.as_fd(),
+            &format!("{ns}{}", spec::WHITEOUT_XATTR_SUFFIX),
+            b"",
+        )?;
+    }
+    Ok(())
+}
+
+/// overlayfs.rst (6.7+): a directory holding xattr whiteouts, and the layer
+/// root, carry `overlay.opaque="x"` (not opaque: "may hold xattr whiteouts").
+fn mark_xwhiteouts_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    for ns in MARKER_NAMESPACES {
+        let key = format!("{ns}{}", spec::OPAQUE_XATTR_SUFFIX);
+        sys::fset_xattr(dir, &key, spec::OPAQUE_XWHITEOUTS)?;
+    }
+    Ok(())
 }
 
 fn times(mtime: i64) -> rfs::Timestamps {

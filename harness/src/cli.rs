@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use overlayer::tree::{self, View};
-use overlayer::{ConvertOptions, Limits, ReadOptions};
+use overlayer::{ConvertOptions, ExportOptions, Limits, ReadOptions};
 
 use crate::case;
 use crate::kernel;
@@ -105,6 +105,9 @@ enum Command {
         /// Write user.overlay.* markers, for `mount -o userxattr`.
         #[arg(long)]
         userxattr: bool,
+        /// Write xattr whiteouts (Linux 6.7+) instead of char devices 0/0.
+        #[arg(long)]
+        xwhiteouts: bool,
         #[command(flatten)]
         read: ReadArgs,
     },
@@ -143,9 +146,10 @@ enum Command {
         /// Write a JUnit XML report here.
         #[arg(long)]
         junit: Option<PathBuf>,
-        /// Mount with -o userxattr (user.overlay.* markers).
-        #[arg(long)]
-        userxattr: bool,
+        /// Check the kernel side with these overlay markings (repeatable);
+        /// default: every marking the running kernel supports.
+        #[arg(long = "marks", value_enum)]
+        modes: Vec<replay::Mode>,
         /// Rewrite each case's expected outcome from the kernel's view.
         #[arg(long)]
         record: bool,
@@ -167,11 +171,45 @@ enum Command {
         /// Write a JSON summary here.
         #[arg(long)]
         json: Option<PathBuf>,
-        #[arg(long)]
-        userxattr: bool,
+        /// The property: `convert` (kernel merge of the conversion) or
+        /// `roundtrip` (export of the conversion, applied).
+        #[arg(long, value_enum, default_value = "convert")]
+        mode: prop::PropKind,
+        /// Overlay markings of the converted layers.
+        #[arg(long, value_enum, default_value = "trusted")]
+        marks: replay::Mode,
         /// Compare apply with the model only, without mounting.
         #[arg(long)]
         no_kernel: bool,
+    },
+    /// Export an overlay upper directory (or a converted layer) as an OCI layer.
+    ///
+    /// Whiteouts become `.wh.NAME`, opaque directories `.wh..wh..opq` (only
+    /// where the directory exists in the lower layers); overlay-private
+    /// xattrs are dropped, all others kept; the output is deterministic
+    /// (sorted, stable headers). OUT ending in .gz or .zst is compressed.
+    Export {
+        upper: PathBuf,
+        /// Lower layer directories (overlay-native), bottom first.
+        #[arg(long = "lower", num_args = 1..)]
+        lowers: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// The upper uses user.overlay.* markers (-o userxattr).
+        #[arg(long)]
+        userxattr: bool,
+    },
+    /// What an upper directory adds (A), changes (C) and deletes (D) over
+    /// its lower layers, like `docker diff`.
+    Changes {
+        upper: PathBuf,
+        /// Lower layer directories (overlay-native), bottom first.
+        #[arg(long = "lower", num_args = 1..)]
+        lowers: Vec<PathBuf>,
+        #[arg(long)]
+        userxattr: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Probe the running kernel's overlayfs features by trial mounts.
     Probe {
@@ -229,11 +267,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             layers,
             out,
             userxattr,
+            xwhiteouts,
             read,
         } => {
             let files = open_layers(&layers)?;
             let opts = ConvertOptions {
                 userxattr,
+                xwhiteouts,
                 read: read.options(),
             };
             let converted = overlayer::convert_to_new_dir(files, &out, opts)
@@ -258,6 +298,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = ConvertOptions {
                 userxattr,
                 read: read.options(),
+                ..Default::default()
             };
             let view = kernel::with_scratch(|s| s.kernel_view(&tars, opts))?.context("convert")?;
             print_view(&view, json)?;
@@ -289,29 +330,65 @@ fn run(cli: Cli) -> Result<ExitCode> {
             paths,
             json,
             junit,
-            userxattr,
+            modes,
             record,
-        } => replay_cmd(paths, json, junit, ReplayOptions { userxattr }, record),
+        } => replay_cmd(paths, json, junit, ReplayOptions { modes }, record),
         Command::Prop {
             cases,
             seed,
             max_layers,
             save,
             json,
-            userxattr,
+            mode,
+            marks,
             no_kernel,
         } => prop_cmd(
             PropOptions {
                 cases,
                 seed,
                 max_layers,
-                userxattr,
+                marks,
                 kernel: !no_kernel,
                 read: ReadOptions::default(),
+                kind: mode,
             },
             save,
             json,
         ),
+        Command::Export {
+            upper,
+            lowers,
+            out,
+            userxattr,
+        } => {
+            let s = overlayer::export_to_file(&upper, &lowers, &out, ExportOptions { userxattr })
+                .with_context(|| format!("export {}", upper.display()))?;
+            eprintln!(
+                "{}: {} entries, {} whiteouts, {} opaque directories",
+                out.display(),
+                s.entries,
+                s.whiteouts,
+                s.opaque_dirs
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Changes {
+            upper,
+            lowers,
+            userxattr,
+            json,
+        } => {
+            let changes = overlayer::changes(&upper, &lowers, ExportOptions { userxattr })
+                .with_context(|| format!("changes of {}", upper.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&changes)?);
+            } else {
+                for c in &changes {
+                    println!("{} {}", c.kind, c.path);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Probe { json } => {
             let f = kernel::probe();
             if json {
@@ -378,18 +455,26 @@ fn replay_cmd(
         .map(|p| case::load(p))
         .collect::<Result<Vec<_>>>()?;
     let results = kernel::with_scratch(|scratch| {
+        let modes = opts.modes(scratch)?;
+        if scratch.can_mount() {
+            let names: Vec<String> = modes
+                .iter()
+                .map(|m| format!("{m:?}").to_lowercase())
+                .collect();
+            eprintln!("kernel side in modes: {}", names.join(", "));
+        }
         let mut results = Vec::new();
         for file in &cases {
             if record {
                 let mut updated = file.case.clone();
-                updated.expect = replay::record(scratch, &file.case, opts)?;
+                updated.expect = replay::record(scratch, &file.case)?;
                 std::fs::write(&file.path, case::to_pretty_json(&updated)?)
                     .with_context(|| format!("write {}", file.path.display()))?;
                 let mut file = file.clone();
                 file.case = updated;
-                results.push(replay::run_case(scratch, &file, opts)?);
+                results.push(replay::run_case(scratch, &file, &modes)?);
             } else {
-                results.push(replay::run_case(scratch, file, opts)?);
+                results.push(replay::run_case(scratch, file, &modes)?);
             }
         }
         Ok(results)

@@ -191,6 +191,40 @@ impl Sentinels {
     }
 }
 
+impl Scratch {
+    /// The round trip: `convert(tars)`, each converted layer exported as an
+    /// OCI layer over the ones below it, the exports applied. An error of
+    /// export or of applying an export is a finding, not an outcome.
+    pub fn roundtrip_view(&mut self, tars: &[Vec<u8>], opts: ConvertOptions) -> Result<Outcome> {
+        let work = self.fresh()?;
+        let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
+        let converted = match overlayer::convert_to_new_dir(readers, &work.join("l"), opts) {
+            Ok(c) => c,
+            Err(e) => {
+                remove(&work);
+                return Ok(Err(e));
+            }
+        };
+        let export_opts = overlayer::ExportOptions {
+            userxattr: opts.userxattr,
+        };
+        let mut exported = Vec::new();
+        for (i, layer) in converted.layers.iter().enumerate() {
+            let mut bytes = Vec::new();
+            overlayer::export(layer, &converted.layers[..i], &mut bytes, export_opts)
+                .with_context(|| format!("export of converted layer {i}"))?;
+            exported.push(bytes);
+        }
+        let readers: Vec<&[u8]> = exported.iter().map(Vec::as_slice).collect();
+        let out = work.join("r");
+        overlayer::apply_to_new_dir_with(readers, &out, &ReadOptions::default())
+            .context("apply of the exported layers")?;
+        let view = tree::capture(&out)?;
+        remove(&work);
+        Ok(Ok(view))
+    }
+}
+
 fn remove(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }

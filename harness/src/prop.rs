@@ -21,11 +21,24 @@ pub struct PropOptions {
     pub cases: u32,
     pub seed: u64,
     pub max_layers: usize,
-    pub userxattr: bool,
+    /// Overlay markings of the converted layers.
+    pub marks: crate::replay::Mode,
     /// Check the kernel too (when it can mount).
     pub kernel: bool,
     /// Reading options for apply (the defaults, unless a test says otherwise).
     pub read: overlayer::ReadOptions,
+    /// Which property.
+    pub kind: PropKind,
+}
+
+/// The property checked on each generated stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PropKind {
+    /// kernel(convert(stack)) = apply(stack) = model(stack).
+    #[default]
+    Convert,
+    /// apply(export(convert(stack))) = apply(stack) = model(stack).
+    Roundtrip,
 }
 
 /// Summary of a run.
@@ -55,6 +68,17 @@ pub fn check_stack(
     opts: ConvertOptions,
     with_kernel: bool,
 ) -> Result<Checked, String> {
+    check_stack_as(scratch, stack, opts, with_kernel, PropKind::Convert)
+}
+
+/// Checks one stack with the given property.
+pub fn check_stack_as(
+    scratch: &mut Scratch,
+    stack: &[Vec<TarEntry>],
+    opts: ConvertOptions,
+    with_kernel: bool,
+    kind: PropKind,
+) -> Result<Checked, String> {
     let read = opts.read;
     let tars: Vec<Vec<u8>> = stack
         .iter()
@@ -68,11 +92,13 @@ pub fn check_stack(
     agree("apply", &expected, &applied, false)?;
     let mut mounted = false;
     if with_kernel && scratch.can_mount() {
-        let merged = scratch
-            .kernel_view(&tars, opts)
-            .map_err(|e| format!("kernel harness: {e:#}"))?;
-        mounted = merged.is_ok();
-        agree("kernel", &expected, &merged, true)?;
+        let (side, other) = match kind {
+            PropKind::Convert => ("kernel", scratch.kernel_view(&tars, opts)),
+            PropKind::Roundtrip => ("roundtrip", scratch.roundtrip_view(&tars, opts)),
+        };
+        let other = other.map_err(|e| format!("{side}: {e:#}"))?;
+        mounted = other.is_ok();
+        agree(side, &expected, &other, true)?;
     }
     Ok(if let Err(e) = &expected {
         Checked::Refused(e.rule.clone())
@@ -146,10 +172,7 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     // Stacks that passed before the first failure (shrinking re-runs excluded).
     let passed = RefCell::new(0u32);
     let failing = RefCell::new(false);
-    let convert = ConvertOptions {
-        userxattr: opts.userxattr,
-        read: opts.read,
-    };
+    let convert = opts.marks.convert_options(opts.read);
     let start = Instant::now();
     let xattrs = if scratch.borrow().user_xattrs() {
         strategy::XattrNamespace::User
@@ -159,11 +182,17 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     let result = runner.run(&strategy::stack(opts.max_layers, xattrs), |stack| {
         *count.borrow_mut() += 1;
         progress(*count.borrow());
-        let checked = check_stack(&mut scratch.borrow_mut(), &stack, convert, opts.kernel)
-            .map_err(|e| {
-                *failing.borrow_mut() = true;
-                TestCaseError::fail(e)
-            })?;
+        let checked = check_stack_as(
+            &mut scratch.borrow_mut(),
+            &stack,
+            convert,
+            opts.kernel,
+            opts.kind,
+        )
+        .map_err(|e| {
+            *failing.borrow_mut() = true;
+            TestCaseError::fail(e)
+        })?;
         if !*failing.borrow() {
             *passed.borrow_mut() += 1;
         }

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use overlayer::{ConvertOptions, Limits, ReadOptions};
+
 use serde::Serialize;
 
 use crate::case::{Case, CaseFile, CaseOptions, Expect, ExpectedError};
@@ -39,17 +40,71 @@ pub struct CaseResult {
     pub ms: f64,
 }
 
+/// How converted layers are marked for the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `trusted.overlay.*` markers, char device whiteouts.
+    Trusted,
+    /// `user.overlay.*` markers, mounted with `-o userxattr`.
+    Userxattr,
+    /// Xattr whiteouts (Linux 6.7+) instead of char devices.
+    Xwhiteouts,
+}
+
+impl Mode {
+    pub fn convert_options(self, read: ReadOptions) -> ConvertOptions {
+        ConvertOptions {
+            userxattr: self == Mode::Userxattr,
+            xwhiteouts: self == Mode::Xwhiteouts,
+            read,
+        }
+    }
+
+    /// Why this kernel and scratch filesystem cannot run the mode, if so.
+    pub fn unavailable(self, scratch: &Scratch) -> Option<&'static str> {
+        let features = crate::kernel::probe_cached();
+        match self {
+            Mode::Trusted => None,
+            _ if !scratch.user_xattrs() => Some(crate::kernel::NO_USER_XATTRS),
+            Mode::Userxattr if !features.userxattr => Some("no -o userxattr"),
+            Mode::Xwhiteouts if !features.xwhiteouts => Some("no xattr whiteouts (Linux 6.7+)"),
+            _ => None,
+        }
+    }
+}
+
 /// Options of a replay.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
-    pub userxattr: bool,
+    /// Modes to check the kernel side in; empty means every mode this
+    /// kernel supports.
+    pub modes: Vec<Mode>,
+}
+
+impl ReplayOptions {
+    /// The modes to run here; an explicitly asked mode the kernel lacks is an error.
+    pub fn modes(&self, scratch: &Scratch) -> Result<Vec<Mode>> {
+        if self.modes.is_empty() {
+            return Ok([Mode::Trusted, Mode::Userxattr, Mode::Xwhiteouts]
+                .into_iter()
+                .filter(|m| !scratch.can_mount() || m.unavailable(scratch).is_none())
+                .collect());
+        }
+        for m in &self.modes {
+            if let Some(why) = m.unavailable(scratch) {
+                anyhow::bail!("mode {m:?} cannot run here: {why}");
+            }
+        }
+        Ok(self.modes.clone())
+    }
 }
 
 /// Features this build of the harness can exercise.
 const SUPPORTED_FEATURES: &[&str] = &["userxattr"];
 
-/// Runs one case.
-pub fn run_case(scratch: &mut Scratch, file: &CaseFile, opts: ReplayOptions) -> Result<CaseResult> {
+/// Runs one case, the kernel side in every mode of `modes`.
+pub fn run_case(scratch: &mut Scratch, file: &CaseFile, modes: &[Mode]) -> Result<CaseResult> {
     let start = Instant::now();
     let case = &file.case;
     let tars = case.layer_bytes()?;
@@ -69,12 +124,15 @@ pub fn run_case(scratch: &mut Scratch, file: &CaseFile, opts: ReplayOptions) -> 
     let kernel = match kernel_skip(scratch, case) {
         Some(reason) => Verdict::Skip(reason),
         None => {
-            let opts = ConvertOptions {
-                userxattr: opts.userxattr,
-                read,
-            };
-            let merged = scratch.kernel_view(&tars, opts)?;
-            judge(case, &merged, Side::Kernel)
+            let mut verdict = Verdict::Pass;
+            for mode in modes {
+                let merged = scratch.kernel_view(&tars, mode.convert_options(read))?;
+                if let Verdict::Fail(d) = judge(case, &merged, Side::Kernel) {
+                    verdict = Verdict::Fail(format!("{mode:?}: {d}"));
+                    break;
+                }
+            }
+            verdict
         }
     };
     if let Some(changed) = host.changed() {
@@ -237,8 +295,8 @@ pub fn matches_error(want: &ExpectedError, error: &overlayer::Error) -> bool {
     rule_ok && loc_ok
 }
 
-/// Records the expected outcome of a case from the kernel (or the error).
-pub fn record(scratch: &mut Scratch, case: &Case, opts: ReplayOptions) -> Result<Expect> {
+/// Records the expected outcome of a case from the kernel (trusted mode), or the error.
+pub fn record(scratch: &mut Scratch, case: &Case) -> Result<Expect> {
     anyhow::ensure!(
         scratch.can_mount(),
         "recording needs the kernel oracle: {}",
@@ -247,10 +305,7 @@ pub fn record(scratch: &mut Scratch, case: &Case, opts: ReplayOptions) -> Result
     let tars = case.layer_bytes()?;
     let merged = scratch.kernel_view(
         &tars,
-        ConvertOptions {
-            userxattr: opts.userxattr,
-            read: read_options(&case.options),
-        },
+        Mode::Trusted.convert_options(read_options(&case.options)),
     )?;
     Ok(match merged {
         Ok(view) => Expect::View(view),

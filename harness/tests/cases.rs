@@ -12,8 +12,11 @@ use rstest::rstest;
 #[rstest]
 fn case_file(#[files("../cases/**/*.json")] path: PathBuf) {
     let file = case::load(&path).expect("case parses");
-    let result = kernel::with_scratch(|s| run_case(s, &file, ReplayOptions::default()))
-        .expect("harness runs");
+    let result = kernel::with_scratch(|s| {
+        let modes = ReplayOptions::default().modes(s)?;
+        run_case(s, &file, &modes)
+    })
+    .expect("harness runs");
     if let Verdict::Fail(d) = &result.apply {
         panic!("{}: apply: {d}", file.name);
     }

@@ -13,9 +13,10 @@ fn generated_stacks_agree_three_ways() {
         cases: 400,
         seed: 0x0e7_1a7e,
         max_layers: 8,
-        userxattr: false,
+        marks: overlayer_harness::replay::Mode::Trusted,
         kernel: true,
         read: Default::default(),
+        kind: Default::default(),
     };
     let report = kernel::with_scratch(|s| Ok(run(s, &opts, |_| {}))).expect("harness runs");
     assert_eq!(
@@ -29,4 +30,30 @@ fn generated_stacks_agree_three_ways() {
         report.refused.values().sum::<u64>() < 400,
         "every stack was refused"
     );
+}
+
+#[test]
+fn generated_stacks_survive_convert_then_export_round_trip() {
+    if let Some(reason) = kernel::unavailable() {
+        eprintln!("SKIPPED: {reason} (convert needs mknod and trusted xattrs)");
+        return;
+    }
+    let opts = PropOptions {
+        cases: 300,
+        seed: 0x5eed,
+        max_layers: 8,
+        marks: overlayer_harness::replay::Mode::Trusted,
+        kernel: true,
+        read: Default::default(),
+        kind: overlayer_harness::prop::PropKind::Roundtrip,
+    };
+    let report = kernel::with_scratch(|s| Ok(run(s, &opts, |_| {}))).expect("harness runs");
+    assert_eq!(
+        report.failed,
+        0,
+        "{}\nminimal stack: {:?}",
+        report.failure.unwrap_or_default(),
+        report.minimal
+    );
+    assert!(report.mounted > 0, "no stack reached the round trip");
 }
