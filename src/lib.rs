@@ -14,6 +14,8 @@
 
 pub mod apply;
 pub mod error;
+pub mod hidden;
+pub mod image;
 pub mod layer;
 pub mod limits;
 pub mod lower;

@@ -77,6 +77,14 @@ fn report_notices(summary: &overlayer::Summary) {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum UnpackFormat {
+    /// A flattened rootfs (the userspace apply).
+    Flat,
+    /// One overlay-native directory per layer, plus layers.json.
+    Overlay,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Apply layers (bottom first) into a new flat rootfs directory.
@@ -208,6 +216,40 @@ enum Command {
         lowers: Vec<PathBuf>,
         #[arg(long)]
         userxattr: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unpack an image: an OCI layout (`DIR` or `DIR:TAG`), a `docker save`
+    /// archive (`FILE` or `FILE:TAG`), or raw layer tars (bottom first).
+    ///
+    /// Blob digests and diff_ids are verified. `--format flat` writes a
+    /// rootfs; `--format overlay` writes OUT/0 … OUT/N-1 plus OUT/layers.json
+    /// with the order and the exact `mount -t overlay` command. Nothing is
+    /// left behind on failure.
+    Unpack {
+        #[arg(required = true)]
+        image: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "flat")]
+        format: UnpackFormat,
+        /// os/arch of the manifest to pick from a multi-platform index.
+        #[arg(long, default_value = "linux/amd64")]
+        platform: String,
+        #[arg(long)]
+        userxattr: bool,
+        #[arg(long)]
+        xwhiteouts: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// List what the layers hide: files a later layer whited out or replaced
+    /// (a deleted secret stays in the earlier layer's blob).
+    Hidden {
+        #[arg(required = true)]
+        image: Vec<String>,
+        #[arg(long, default_value = "linux/amd64")]
+        platform: String,
         #[arg(long)]
         json: bool,
     },
@@ -389,6 +431,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Unpack {
+            image,
+            out,
+            format,
+            platform,
+            userxattr,
+            xwhiteouts,
+            read,
+        } => {
+            let img = overlayer::image::open_any(&image, &platform)
+                .with_context(|| format!("open image {}", image.join(" ")))?;
+            let readers = img.readers()?;
+            match format {
+                UnpackFormat::Flat => {
+                    let summary = overlayer::apply_to_new_dir_with(readers, &out, &read.options())
+                        .with_context(|| format!("unpack into {}", out.display()))?;
+                    report_notices(&summary);
+                }
+                UnpackFormat::Overlay => {
+                    let opts = ConvertOptions {
+                        userxattr,
+                        xwhiteouts,
+                        read: read.options(),
+                    };
+                    unpack_overlay(&img, readers, &out, opts)
+                        .with_context(|| format!("unpack into {}", out.display()))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hidden {
+            image,
+            platform,
+            json,
+        } => {
+            let img = overlayer::image::open_any(&image, &platform)
+                .with_context(|| format!("open image {}", image.join(" ")))?;
+            let found = overlayer::hidden::hidden(img.readers()?, &ReadOptions::default())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                println!("{:<6} {:>10}  {:<28} path", "layer", "size", "hidden by");
+                for h in &found {
+                    let by = format!("layer {} ({})", h.hidden_by, h.how);
+                    println!("{:<6} {:>10}  {:<28} {}", h.layer, h.size, by, h.path);
+                }
+                eprintln!("{} hidden path(s)", found.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Probe { json } => {
             let f = kernel::probe();
             if json {
@@ -406,6 +498,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Converts into OUT/0 … OUT/N-1 and writes OUT/layers.json, atomically.
+fn unpack_overlay(
+    img: &overlayer::image::Image,
+    readers: Vec<File>,
+    out: &Path,
+    opts: ConvertOptions,
+) -> Result<()> {
+    let staged = overlayer::output::Staged::new(out)?;
+    let converted = overlayer::convert_into(readers, staged.path(), opts)?;
+    report_notices(&converted.summary);
+    let abs = std::path::absolute(out)?;
+    let mut lowers: Vec<String> = (0..converted.layers.len())
+        .rev()
+        .map(|i| abs.join(i.to_string()).display().to_string())
+        .collect();
+    if lowers.len() == 1 {
+        // A read-only overlay needs two lower layers.
+        std::fs::create_dir(staged.path().join("empty"))?;
+        lowers.push(abs.join("empty").display().to_string());
+    }
+    let mut options = format!("ro,lowerdir={}", lowers.join(":"));
+    if opts.userxattr {
+        options.push_str(",userxattr");
+    }
+    let layers: Vec<serde_json::Value> = img
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::json!({
+                "dir": i.to_string(),
+                "source": l.path.display().to_string(),
+                "digest": l.digest,
+                "diff_id": l.diff_id,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "layers": layers,
+        "order": "bottom first; lowerdir lists the top layer first",
+        "lowerdir": lowers.join(":"),
+        "mount": format!("mount -t overlay overlay -o {options} MOUNTPOINT"),
+        "userxattr": opts.userxattr,
+        "xwhiteouts": opts.xwhiteouts,
+    });
+    std::fs::write(
+        staged.path().join("layers.json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
+    staged.commit()?;
+    Ok(())
 }
 
 fn print_view(view: &View, json: bool) -> Result<()> {

@@ -4,6 +4,7 @@
 
 pub mod case;
 pub mod cli;
+pub mod imagefmt;
 pub mod kernel;
 pub mod known;
 pub mod model;
