@@ -271,16 +271,11 @@ impl Target for Disk {
         rfs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
             .map_err(io::Error::from)
             .op("mkdir")?;
-        let meta = rules::implied_dir_meta();
-        if ids != (0, 0) {
-            let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open")?;
-            set_meta_fd(fd.as_fd(), &meta, false, ids).op("chown")?;
-        } else {
-            rfs::chmodat(dir, name, Mode::from_raw_mode(0o755), AtFlags::empty())
-                .map_err(io::Error::from)
-                .op("chmod")?;
-        }
-        Ok(())
+        // Owner and mode explicitly: under a setgid parent, mkdir inherits
+        // the parent's group and setgid bit (found by fuzzing).
+        let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open")?;
+        set_meta_fd(fd.as_fd(), &rules::implied_dir_meta(), false, ids)
+            .op("set implied directory owner and mode")
     }
 
     fn replace_dir_meta(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {

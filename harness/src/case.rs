@@ -27,6 +27,11 @@ pub struct Case {
     #[serde(default, skip_serializing_if = "CaseOptions::is_default")]
     pub options: CaseOptions,
     pub expect: Expect,
+    /// Other outcomes the spec allows, for `overlayer check` of third-party
+    /// unpackers: `"refusal"` accepts an unpacker that refuses the image
+    /// where overlayer gives a contained result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept: Vec<String>,
 }
 
 /// A byte-level change to one built layer. (`deny_unknown_fields` does not
@@ -367,6 +372,12 @@ pub fn to_pretty_json(case: &Case) -> Result<String> {
             .collect::<Result<_, _>>()?;
         out.push_str(&format!("  \"transform\": [{}],\n", ts.join(", ")));
     }
+    if !case.accept.is_empty() {
+        out.push_str(&format!(
+            "  \"accept\": {},\n",
+            serde_json::to_string(&case.accept)?
+        ));
+    }
     match &case.expect {
         Expect::Error(e) => {
             out.push_str(&format!(
@@ -416,6 +427,7 @@ mod tests {
                 strict: true,
                 ..Default::default()
             },
+            accept: vec![],
             layers: vec![vec![TarEntry {
                 path: "a".into(),
                 text: "x".into(),

@@ -14,7 +14,8 @@ pub enum ImageFormat {
     Oci,
     /// A `docker save` archive (manifest.json, `<id>/layer.tar`).
     DockerSave,
-    /// Layer tars `0.tar` … `N-1.tar` in a directory, bottom first.
+    /// Layer files `0.tar` … `N-1.tar` in a directory, bottom first, as
+    /// the case has them (possibly compressed).
     Layers,
 }
 
@@ -48,6 +49,14 @@ fn config(diff_ids: &[String]) -> serde_json::Value {
 /// Writes `layers` (bottom first) as an image of `format` at `dest`
 /// (a directory for `oci` and `layers`, a file for `docker-save`).
 pub fn write_image(layers: &[Vec<u8>], format: ImageFormat, dest: &Path) -> Result<()> {
+    if format == ImageFormat::Layers {
+        // As they are: compressed or corrupt layers reach the unpacker too.
+        std::fs::create_dir_all(dest)?;
+        for (i, l) in layers.iter().enumerate() {
+            std::fs::write(dest.join(format!("{i}.tar")), l)?;
+        }
+        return Ok(());
+    }
     let plains = layers
         .iter()
         .map(|l| plain(l))
@@ -57,12 +66,7 @@ pub fn write_image(layers: &[Vec<u8>], format: ImageFormat, dest: &Path) -> Resu
         .map(|p| format!("sha256:{}", sha(p)))
         .collect();
     match format {
-        ImageFormat::Layers => {
-            std::fs::create_dir_all(dest)?;
-            for (i, p) in plains.iter().enumerate() {
-                std::fs::write(dest.join(format!("{i}.tar")), p)?;
-            }
-        }
+        ImageFormat::Layers => unreachable!("written above"),
         ImageFormat::Oci => {
             let blobs = dest.join("blobs/sha256");
             std::fs::create_dir_all(&blobs)?;

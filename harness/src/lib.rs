@@ -3,6 +3,7 @@
 //! `overlayer` command.
 
 pub mod case;
+pub mod check;
 pub mod cli;
 pub mod imagefmt;
 pub mod kernel;

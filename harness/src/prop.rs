@@ -240,6 +240,7 @@ pub fn as_case(stack: &[Vec<TarEntry>], failure: &str, seed: u64) -> Case {
         layers: stack.to_vec(),
         transform: vec![],
         options: Default::default(),
+        accept: vec![],
         expect,
     }
 }

@@ -161,3 +161,58 @@ fn hidden_names_the_deleted_secret_and_its_layer() {
         }])
     );
 }
+
+fn check(args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_overlayer"))
+        .arg("check")
+        .args(args)
+        .env("OVERLAYER", env!("CARGO_BIN_EXE_overlayer"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_passes_overlayers_own_unpacker_on_the_corpus() {
+    if let Some(reason) = overlayer_harness::kernel::unavailable() {
+        eprintln!("SKIPPED: {reason} (some cases need root to unpack)");
+        return;
+    }
+    let (code, out) = check(&[
+        "--unpacker",
+        "harness/adapters/overlayer.sh {image} {rootfs}",
+        "--generated",
+        "20",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(" 0 failed"), "{out}");
+}
+
+#[test]
+fn check_catches_a_naive_unpacker_and_one_that_writes_outside() {
+    let (code, out) = check(&[
+        "--image-format",
+        "layers",
+        "--cases",
+        "cases/file-whiteout.json",
+        "--unpacker",
+        "harness/adapters/tar-naive.sh {image} {rootfs}",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("file-whiteout") && out.contains("fail"),
+        "{out}"
+    );
+    let (code, out) = check(&[
+        "--cases",
+        "cases/file-whiteout.json",
+        "--unpacker",
+        "harness/adapters/overlayer.sh {image} {rootfs} && echo x >> {rootfs}/../sentinel-file",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("wrote outside"), "{out}");
+}
