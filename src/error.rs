@@ -34,6 +34,9 @@ pub enum Rule {
     UnsupportedEntryType,
     /// The archive cannot be read (truncated, corrupt compression, bad header).
     CorruptArchive,
+    /// A uid or gid of 4294967295: `(uid_t)-1`, which chown reads as
+    /// "leave unchanged", so the entry would silently keep another owner.
+    InvalidOwner,
     /// More inflated bytes than `--max-bytes` (all layers together).
     LimitBytes,
     /// More entries than `--max-entries` (all layers together).
@@ -68,6 +71,7 @@ impl Rule {
             Rule::HardlinkToDirectory => "hardlink-to-directory",
             Rule::UnsupportedEntryType => "unsupported-entry-type",
             Rule::CorruptArchive => "corrupt-archive",
+            Rule::InvalidOwner => "invalid-owner",
             Rule::LimitBytes => "limit-bytes",
             Rule::LimitEntries => "limit-entries",
             Rule::LimitFileBytes => "limit-file-bytes",
@@ -95,6 +99,9 @@ impl Rule {
             Rule::HardlinkToDirectory => "the hardlink's target is a directory",
             Rule::UnsupportedEntryType => "overlayer does not apply this tar entry type",
             Rule::CorruptArchive => "the archive is truncated or corrupt",
+            Rule::InvalidOwner => {
+                "uid or gid 4294967295 is (uid_t)-1, which chown ignores; it cannot be applied"
+            }
             Rule::LimitBytes => "the layers inflate past --max-bytes",
             Rule::LimitEntries => "the layers hold more entries than --max-entries",
             Rule::LimitFileBytes => "a file is larger than --max-file-bytes",

@@ -412,10 +412,11 @@ fn parse_entry<R: Read>(
     };
     if let Some(pax) = tar_entry
         .pax_extensions()
-        .map_err(|e| Fault::Io("pax", e))?
+        .map_err(|e| Fault::Rule(Rule::CorruptArchive, Some(format!("PAX record: {e}"))))?
     {
         for ext in pax {
-            let ext = ext.map_err(|e| Fault::Io("pax", e))?;
+            let ext = ext
+                .map_err(|e| Fault::Rule(Rule::CorruptArchive, Some(format!("PAX record: {e}"))))?;
             let Ok(key) = ext.key() else { continue };
             let value = ext.value_bytes();
             let number = || {
@@ -436,6 +437,9 @@ fn parse_entry<R: Read>(
                 meta.mtime = number().unwrap_or(meta.mtime);
             }
         }
+    }
+    if meta.uid == u32::MAX || meta.gid == u32::MAX {
+        return Err(Rule::InvalidOwner.into());
     }
     let is_marker = path
         .last()

@@ -138,6 +138,9 @@ impl Model {
         if parts.iter().any(|c| aufs(c)) {
             return Ok(Op::Skip);
         }
+        if entry.uid == u32::MAX || entry.gid == u32::MAX {
+            return Err(fail("invalid-owner"));
+        }
         if entry.kind == EntryType::Char && entry.rdev.unwrap_or([0, 0]) == [0, 0] {
             return Err(fail("whiteout-device-entry"));
         }
