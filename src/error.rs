@@ -13,6 +13,9 @@ pub enum Rule {
     ParentComponent,
     /// A name that is not valid UTF-8 (overlayer handles UTF-8 names only).
     NonUtf8Name,
+    /// A path component longer than NAME_MAX (255 bytes), which no Linux
+    /// filesystem can hold.
+    NameTooLong,
     /// A bare `.wh.`: a whiteout of nothing (layer.md: SHOULD be an error).
     BareWhiteout,
     /// `.wh..` or `.wh...`: a whiteout of `.` or `..`.
@@ -61,6 +64,7 @@ impl Rule {
         match self {
             Rule::ParentComponent => "parent-component",
             Rule::NonUtf8Name => "non-utf8-name",
+            Rule::NameTooLong => "name-too-long",
             Rule::BareWhiteout => "bare-whiteout",
             Rule::WhiteoutOfDot => "whiteout-of-dot",
             Rule::WhiteoutDevice => "whiteout-device-entry",
@@ -87,6 +91,7 @@ impl Rule {
         match self {
             Rule::ParentComponent => "a `..` component would leave the root",
             Rule::NonUtf8Name => "the name is not valid UTF-8",
+            Rule::NameTooLong => "a path component is longer than NAME_MAX (255 bytes)",
             Rule::BareWhiteout => "a bare `.wh.` whites out nothing (OCI layer.md)",
             Rule::WhiteoutOfDot => "`.wh..` and `.wh...` would white out `.` or `..`",
             Rule::WhiteoutDevice => {

@@ -49,6 +49,9 @@ pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>>
     })
 }
 
+/// Linux's NAME_MAX: the longest path component any filesystem holds.
+pub const NAME_MAX: usize = 255;
+
 /// A path inside a layer, as components; empty is the root.
 pub type RelPath = Vec<String>;
 
@@ -117,6 +120,7 @@ pub fn normalise(raw: &[u8]) -> std::result::Result<RelPath, Rule> {
         match comp {
             "" | "." => {}
             ".." => return Err(Rule::ParentComponent),
+            c if c.len() > NAME_MAX => return Err(Rule::NameTooLong),
             c => out.push(c.to_string()),
         }
     }

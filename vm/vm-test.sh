@@ -7,6 +7,7 @@
 # Environment (all optional; see vm/README.md):
 #   VM_KERNELS     kernels to boot (default "6.1,6.12")
 #   VM_PROP_CASES  generated stacks per kernel (default 3000)
+#   VM_ROUNDTRIP_CASES  round-trip stacks per kernel (default 1000)
 #   VM_TIMEOUT     per-kernel timeout in seconds
 #   VM_OVERLAYER   use this overlayer binary instead of building it
 #   VM_SHELL=1     busybox sh on the guest console instead of the tests

@@ -225,6 +225,97 @@ impl Scratch {
     }
 }
 
+/// What the write-path property saw.
+pub enum WriteOutcome {
+    /// The lower stack itself was refused by convert.
+    LowerRefused(overlayer::Error),
+    /// Export refused the upper (redirect_dir or metacopy), with the reason.
+    ExportRefused(String),
+    /// The kernel's merged view after the writes, and the flat view of the
+    /// lower layers plus the exported upper.
+    Views { kernel: View, flat: View },
+}
+
+impl Scratch {
+    /// Converts `tars`, mounts them writable (upper and work dirs on this
+    /// tmpfs, `redirect_dir` on or off), runs `ops`, captures the merged
+    /// view, unmounts, exports the upper and applies lowers + export.
+    pub fn write_view(
+        &mut self,
+        tars: &[Vec<u8>],
+        ops: &[crate::write::WriteOp],
+        redirect_dir: bool,
+        opts: ConvertOptions,
+    ) -> Result<WriteOutcome> {
+        anyhow::ensure!(self.mounted, "the kernel oracle is not available here");
+        let work = self.fresh()?;
+        let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
+        let converted = match overlayer::convert_to_new_dir(readers, &work.join("l"), opts) {
+            Ok(c) => c,
+            Err(e) => {
+                remove(&work);
+                return Ok(WriteOutcome::LowerRefused(e));
+            }
+        };
+        for d in ["u", "w", "m"] {
+            std::fs::create_dir(work.join(d))?;
+        }
+        let mut lowers: Vec<String> = converted
+            .layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
+        if lowers.len() == 1 {
+            std::fs::create_dir(work.join("e"))?;
+            lowers.push(work.join("e").display().to_string());
+        }
+        let mut options = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir={}",
+            lowers.join(":"),
+            work.join("u").display(),
+            work.join("w").display(),
+            if redirect_dir { "on" } else { "off" }
+        );
+        if opts.userxattr {
+            options.push_str(",userxattr");
+        }
+        let merged = work.join("m");
+        overlayer::sys::mount_overlay(&merged, &options, false)
+            .with_context(|| format!("mount overlay {options}"))?;
+        crate::write::run_ops(&merged, ops);
+        let kernel = tree::capture(&merged);
+        mount::unmount(&merged)?;
+        let kernel = kernel?;
+        let mut exported = Vec::new();
+        let export_opts = overlayer::ExportOptions {
+            userxattr: opts.userxattr,
+        };
+        if let Err(e) = overlayer::export(
+            &work.join("u"),
+            &converted.layers,
+            &mut exported,
+            export_opts,
+        ) {
+            let msg = e.to_string();
+            remove(&work);
+            anyhow::ensure!(
+                redirect_dir && (msg.contains("redirect_dir") || msg.contains("metacopy")),
+                "export of the upper failed: {msg}"
+            );
+            return Ok(WriteOutcome::ExportRefused(msg));
+        }
+        let mut layers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
+        layers.push(&exported);
+        let out = work.join("r");
+        overlayer::apply_to_new_dir_with(layers, &out, &ReadOptions::default())
+            .context("apply of the lower layers plus the exported upper")?;
+        let flat = tree::capture(&out)?;
+        remove(&work);
+        Ok(WriteOutcome::Views { kernel, flat })
+    }
+}
+
 fn remove(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -12,3 +12,4 @@ pub mod model;
 pub mod prop;
 pub mod replay;
 pub mod strategy;
+pub mod write;

@@ -132,6 +132,9 @@ impl Model {
             if c == ".." {
                 return Err(fail("parent-component"));
             }
+            if c.len() > 255 {
+                return Err(fail("name-too-long"));
+            }
             parts.push(c.to_string());
         }
         let aufs = |c: &str| c.starts_with(".wh..wh.") && c != ".wh..wh..opq" && c != ".wh..wh.";
@@ -151,6 +154,9 @@ impl Model {
             for c in entry.target.as_deref().unwrap_or("").split('/') {
                 if c == ".." {
                     return Err(fail("parent-component"));
+                }
+                if c.len() > 255 {
+                    return Err(fail("name-too-long"));
                 }
             }
         }

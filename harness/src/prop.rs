@@ -39,6 +39,12 @@ pub enum PropKind {
     Convert,
     /// apply(export(convert(stack))) = apply(stack) = model(stack).
     Roundtrip,
+    /// Generated writes on a writable overlay (redirect_dir=off), then
+    /// apply(stack + export(upper)) = the kernel's merged view.
+    Write,
+    /// The same with redirect_dir=on: renamed lower directories make export
+    /// refuse with a clear error, which counts as refused, never as passed.
+    WriteRedirect,
 }
 
 /// Summary of a run.
@@ -95,6 +101,9 @@ pub fn check_stack_as(
         let (side, other) = match kind {
             PropKind::Convert => ("kernel", scratch.kernel_view(&tars, opts)),
             PropKind::Roundtrip => ("roundtrip", scratch.roundtrip_view(&tars, opts)),
+            PropKind::Write | PropKind::WriteRedirect => {
+                unreachable!("write stacks are checked by check_write")
+            }
         };
         let other = other.map_err(|e| format!("{side}: {e:#}"))?;
         mounted = other.is_ok();
@@ -154,6 +163,51 @@ fn agree(
     }
 }
 
+/// Checks one stack and write sequence with the write-path property.
+pub fn check_write(
+    scratch: &mut Scratch,
+    stack: &[Vec<TarEntry>],
+    ops: &[crate::write::WriteOp],
+    opts: ConvertOptions,
+    redirect_dir: bool,
+) -> Result<Checked, String> {
+    use crate::kernel::WriteOutcome;
+    if let Err(e) = model::run(stack) {
+        return Ok(Checked::Refused(e.rule));
+    }
+    let tars: Vec<Vec<u8>> = stack
+        .iter()
+        .map(|l| build_tar(l))
+        .collect::<Result<_>>()
+        .map_err(|e| format!("building tars: {e:#}"))?;
+    match scratch
+        .write_view(&tars, ops, redirect_dir, opts)
+        .map_err(|e| format!("write path: {e:#}"))?
+    {
+        WriteOutcome::LowerRefused(e) => {
+            Err(format!("the model accepts the stack, convert refuses: {e}"))
+        }
+        WriteOutcome::ExportRefused(_) => Ok(Checked::Refused("export-refuses-redirect".into())),
+        WriteOutcome::Views { kernel, flat } => {
+            let cmp = known::compare(&kernel, &flat);
+            if cmp.same() {
+                Ok(Checked::Mounted)
+            } else {
+                let shown: Vec<String> = cmp
+                    .differences
+                    .iter()
+                    .take(6)
+                    .map(|d| d.to_string())
+                    .collect();
+                Err(format!(
+                    "kernel after writes vs apply(lowers + export): {}",
+                    shown.join("; ")
+                ))
+            }
+        }
+    }
+}
+
 /// Runs the property for `opts.cases` stacks; shrinks a failure.
 pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) -> PropReport {
     let mut seed_bytes = [0u8; 32];
@@ -179,17 +233,8 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     } else {
         strategy::XattrNamespace::Trusted
     };
-    let result = runner.run(&strategy::stack(opts.max_layers, xattrs), |stack| {
-        *count.borrow_mut() += 1;
-        progress(*count.borrow());
-        let checked = check_stack_as(
-            &mut scratch.borrow_mut(),
-            &stack,
-            convert,
-            opts.kernel,
-            opts.kind,
-        )
-        .map_err(|e| {
+    let tally_check = |checked: Result<Checked, String>| -> Result<(), TestCaseError> {
+        let checked = checked.map_err(|e| {
             *failing.borrow_mut() = true;
             TestCaseError::fail(e)
         })?;
@@ -203,11 +248,56 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
             Checked::Applied => {}
         }
         Ok(())
-    });
+    };
+    let stacks = strategy::stack(opts.max_layers, xattrs);
+    let (result, write_ops) = match opts.kind {
+        PropKind::Write | PropKind::WriteRedirect => {
+            let redirect = opts.kind == PropKind::WriteRedirect;
+            let r = runner.run(&(stacks, crate::write::ops()), |(stack, ops)| {
+                *count.borrow_mut() += 1;
+                progress(*count.borrow());
+                tally_check(check_write(
+                    &mut scratch.borrow_mut(),
+                    &stack,
+                    &ops,
+                    convert,
+                    redirect,
+                ))
+            });
+            match r {
+                Ok(()) => (Ok(()), None),
+                Err(TestError::Fail(reason, (stack, ops))) => (
+                    Err(TestError::Fail(reason, stack)),
+                    Some(format!("{ops:?}")),
+                ),
+                Err(TestError::Abort(reason)) => (Err(TestError::Abort(reason)), None),
+            }
+        }
+        _ => (
+            runner.run(&stacks, |stack| {
+                *count.borrow_mut() += 1;
+                progress(*count.borrow());
+                tally_check(check_stack_as(
+                    &mut scratch.borrow_mut(),
+                    &stack,
+                    convert,
+                    opts.kernel,
+                    opts.kind,
+                ))
+            }),
+            None,
+        ),
+    };
     let seconds = start.elapsed().as_secs_f64();
     let (failed, failure, minimal) = match result {
         Ok(()) => (0, None, None),
-        Err(TestError::Fail(reason, value)) => (1, Some(reason.to_string()), Some(value)),
+        Err(TestError::Fail(reason, value)) => {
+            let reason = match &write_ops {
+                Some(ops) => format!("{reason}\nwrites: {ops}"),
+                None => reason.to_string(),
+            };
+            (1, Some(reason), Some(value))
+        }
         Err(TestError::Abort(reason)) => (1, Some(format!("aborted: {reason}")), None),
     };
     let checked = *count.borrow() as u32;

@@ -57,3 +57,37 @@ fn generated_stacks_survive_convert_then_export_round_trip() {
     );
     assert!(report.mounted > 0, "no stack reached the round trip");
 }
+
+#[test]
+fn writes_on_a_writable_overlay_export_and_apply_back_to_the_same_view() {
+    if let Some(reason) = kernel::unavailable() {
+        eprintln!("SKIPPED: {reason} (needs a writable overlay mount)");
+        return;
+    }
+    for kind in [
+        overlayer_harness::prop::PropKind::Write,
+        overlayer_harness::prop::PropKind::WriteRedirect,
+    ] {
+        let opts = PropOptions {
+            cases: 300,
+            seed: 0x3417e,
+            max_layers: 6,
+            marks: overlayer_harness::replay::Mode::Trusted,
+            kernel: true,
+            read: Default::default(),
+            kind,
+        };
+        let report = kernel::with_scratch(|s| Ok(run(s, &opts, |_| {}))).expect("harness runs");
+        assert_eq!(
+            report.failed,
+            0,
+            "{kind:?}: {}\nminimal stack: {:?}",
+            report.failure.unwrap_or_default(),
+            report.minimal
+        );
+        assert!(
+            report.mounted > 0,
+            "{kind:?}: no stack reached the comparison"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! The host kernel as the last row: the same steps run natively, turned into
 //! the same frames the guest would send.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -8,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::qemu::GuestOptions;
-use crate::report::{Collector, Frame, Row, RowContext};
+use crate::report::{failing_stack, Collector, Frame, Row, RowContext};
 
 struct StepRun {
     rc: i64,
@@ -82,7 +83,39 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Run probe, replay and prop with the host kernel.
+/// The overlayer arguments of a step (`None` for an unknown step); `json` is
+/// where the step writes its result (probe prints it instead).
+pub fn step_args(
+    step: &str,
+    cases: &Path,
+    opts: &GuestOptions,
+    json: &Path,
+) -> Option<Vec<OsString>> {
+    let prop = |mode: &str, n: u64| -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["prop".into()];
+        if mode != "convert" {
+            a.extend(["--mode".into(), mode.into()]);
+        }
+        a.extend([
+            "--cases".into(),
+            n.to_string().into(),
+            "--seed".into(),
+            opts.seed.to_string().into(),
+            "--json".into(),
+            json.into(),
+        ]);
+        a
+    };
+    Some(match step {
+        "probe" => vec!["probe".into(), "--json".into()],
+        "replay" => vec!["replay".into(), cases.into(), "--json".into(), json.into()],
+        "prop" => prop("convert", opts.prop_cases),
+        "roundtrip" => prop("roundtrip", opts.roundtrip_cases),
+        _ => return None,
+    })
+}
+
+/// Run the steps (probe, replay, prop, roundtrip) with the host kernel.
 pub fn run(
     overlayer: &Path,
     cases: &Path,
@@ -110,27 +143,16 @@ pub fn run(
     };
     for step in &opts.steps {
         let json = tmp.path().join(format!("{step}.json"));
-        let mut cmd = Command::new(overlayer);
-        match step.as_str() {
-            "probe" => cmd.args(["probe", "--json"]),
-            "replay" => cmd.arg("replay").arg(cases).arg("--json").arg(&json),
-            "prop" => cmd
-                .arg("prop")
-                .arg("--cases")
-                .arg(opts.prop_cases.to_string())
-                .arg("--seed")
-                .arg(opts.seed.to_string())
-                .arg("--json")
-                .arg(&json),
-            other => {
-                push(
-                    &mut c,
-                    frame("log", format!("unknown step {other}")),
-                    progress,
-                );
-                continue;
-            }
+        let Some(args) = step_args(step, cases, opts, &json) else {
+            push(
+                &mut c,
+                frame("log", format!("unknown step {step}")),
+                progress,
+            );
+            continue;
         };
+        let mut cmd = Command::new(overlayer);
+        cmd.args(args);
         progress(&format!("running {step}"));
         let r = match run_with_timeout(&mut cmd, timeout.saturating_sub(start.elapsed())) {
             Ok(r) => r,
@@ -150,6 +172,11 @@ pub fn run(
             push(&mut c, frame(step, result.replace('\n', " ")), progress);
         }
         if r.rc != 0 {
+            if step != "probe" {
+                for l in failing_stack(&r.stdout) {
+                    push(&mut c, frame("log", format!("{step}: {l}")), progress);
+                }
+            }
             let lines: Vec<&str> = r.stderr.lines().collect();
             for l in &lines[lines.len().saturating_sub(25)..] {
                 push(&mut c, frame("log", format!("{step}: {l}")), progress);
@@ -179,4 +206,39 @@ pub fn run(
         &steps,
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn opts() -> GuestOptions {
+        GuestOptions {
+            prop_cases: 300,
+            roundtrip_cases: 200,
+            seed: 7,
+            shell: false,
+            steps: Vec::new(),
+        }
+    }
+
+    #[rstest]
+    #[case("probe", Some("probe --json"))]
+    #[case("replay", Some("replay /c --json /t/j"))]
+    #[case("prop", Some("prop --cases 300 --seed 7 --json /t/j"))]
+    #[case(
+        "roundtrip",
+        Some("prop --mode roundtrip --cases 200 --seed 7 --json /t/j")
+    )]
+    #[case("nope", None)]
+    fn args_of_steps(#[case] step: &str, #[case] want: Option<&str>) {
+        let got = step_args(step, Path::new("/c"), &opts(), Path::new("/t/j")).map(|a| {
+            a.iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        assert_eq!(got.as_deref(), want);
+    }
 }

@@ -8,10 +8,12 @@
 #
 # Settings come from the kernel command line, which the kernel hands to init
 # as environment variables:
-#   OVL_PROP_CASES  generated stacks for `overlayer prop` (set by the host)
-#   OVL_SEED        seed for `overlayer prop` (set by the host)
-#   OVL_STEPS       comma-separated steps to run (default probe,replay,prop)
-#   OVL_SHELL=1     drop into busybox sh on the console instead of the steps
+#   OVL_PROP_CASES       generated stacks for `overlayer prop` (set by the host)
+#   OVL_ROUNDTRIP_CASES  generated stacks for `overlayer prop --mode roundtrip`
+#   OVL_SEED             seed for both (set by the host)
+#   OVL_STEPS            comma-separated steps to run
+#                        (default probe,replay,prop,roundtrip)
+#   OVL_SHELL=1          drop into busybox sh on the console instead of the steps
 
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root RUST_BACKTRACE=1
@@ -68,14 +70,16 @@ if [ "$OVL_SHELL" = 1 ]; then
     say "  overlayer probe --json"
     say "  overlayer replay /cases --json /tmp/replay.json"
     say "  overlayer prop --cases ${OVL_PROP_CASES:-300} --seed ${OVL_SEED:-1} --json /tmp/prop.json"
+    say "  overlayer prop --mode roundtrip --cases ${OVL_ROUNDTRIP_CASES:-300} --seed ${OVL_SEED:-1} --json /tmp/roundtrip.json"
     say "exit the shell (or Ctrl-A X) to power off"
     setsid cttyhack sh -l
     finish
 fi
 
 # run_step NAME JSON_FILE CMD... : run CMD, send the JSON it wrote (JSON_FILE,
-# or its stdout when JSON_FILE is empty) as a NAME frame, the tail of its
-# stderr as log frames when it fails, and its status as an exit frame.
+# or its stdout when JSON_FILE is empty) as a NAME frame; when it fails, the
+# minimal failing stack `overlayer prop` prints on stdout and the tail of its
+# stderr as log frames; and its status as an exit frame.
 run_step() {
     step=$1
     json=$2
@@ -90,6 +94,12 @@ run_step() {
         { printf '@@OVERLAYER@@ %s ' "$step"; tr '\n' ' ' <"$src"; echo; } >"$OUT"
     fi
     if [ "$rc" != 0 ]; then
+        if [ -n "$json" ]; then
+            sed -n '/^minimal failing stack:/,$p' "/tmp/$step.out" | head -n 300 |
+                while IFS= read -r line; do
+                    frame log "$step: $line"
+                done
+        fi
         tail -n 25 "/tmp/$step.err" | while IFS= read -r line; do
             frame log "$step: $line"
         done
@@ -98,7 +108,7 @@ run_step() {
     say "$step exited with $rc after $(awk "BEGIN { print $t1 - $t0 }") s"
 }
 
-for step in $(echo "${OVL_STEPS:-probe,replay,prop}" | tr , " "); do
+for step in $(echo "${OVL_STEPS:-probe,replay,prop,roundtrip}" | tr , " "); do
     case $step in
     probe)
         run_step probe "" overlayer probe --json
@@ -112,6 +122,17 @@ for step in $(echo "${OVL_STEPS:-probe,replay,prop}" | tr , " "); do
                 --seed "${OVL_SEED:-1}" --json /tmp/prop.json
         else
             frame skip "{\"step\":\"prop\",\"reason\":\"overlay filesystem not available in this kernel\"}"
+        fi
+        ;;
+    roundtrip)
+        # No mount, but overlayer checks the round trip only where it can
+        # mount (the converted layers need the overlay xattrs and root).
+        if [ "$overlay" = true ]; then
+            run_step roundtrip /tmp/roundtrip.json overlayer prop --mode roundtrip \
+                --cases "${OVL_ROUNDTRIP_CASES:-300}" --seed "${OVL_SEED:-1}" \
+                --json /tmp/roundtrip.json
+        else
+            frame skip "{\"step\":\"roundtrip\",\"reason\":\"overlay filesystem not available in this kernel\"}"
         fi
         ;;
     *)

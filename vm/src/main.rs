@@ -44,11 +44,36 @@ pub fn progress_line(msg: &str) {
 /// inside the 6-minute budget even if the machine is twice as slow.
 pub const DEFAULT_PROP_CASES: u64 = 3000;
 
+/// Default round-trip stacks per kernel (`VM_ROUNDTRIP_CASES`): roundtrip
+/// runs about as fast as prop under TCG (29 vs 31 stacks/s measured here on
+/// a loaded machine, ~70/s idle), so ~15 s per kernel idle, ~35 s loaded;
+/// with prop the two kernels stay well inside the 6-minute budget.
+pub const DEFAULT_ROUNDTRIP_CASES: u64 = 1000;
+
+/// The steps a guest (and the host) can run, in their default order.
+pub const STEPS: [&str; 4] = ["probe", "replay", "prop", "roundtrip"];
+
+/// Default `VM_STEPS`: all of them.
+pub const DEFAULT_STEPS: &str = "probe,replay,prop,roundtrip";
+
 /// Default per-boot timeout: 90 s for boot, modules and replay, plus 50 ms
-/// per generated stack (TCG ran ~70 stacks/s here, ~14 ms each, so this is
-/// a >3x margin that still catches a hang within a few minutes).
-pub fn default_timeout(prop_cases: u64) -> Duration {
-    Duration::from_secs(90 + prop_cases / 20)
+/// per generated stack of the prop and roundtrip steps that run (TCG ran
+/// ~70 stacks/s here, ~14 ms each, so this is a >3x margin that still
+/// catches a hang within a few minutes).
+pub fn default_timeout(stacks: u64) -> Duration {
+    Duration::from_secs(90 + stacks / 20)
+}
+
+/// Generated stacks the requested steps check in one kernel.
+pub fn stacks_to_run(steps: &[String], prop_cases: u64, roundtrip_cases: u64) -> u64 {
+    steps
+        .iter()
+        .map(|s| match s.as_str() {
+            "prop" => prop_cases,
+            "roundtrip" => roundtrip_cases,
+            _ => 0,
+        })
+        .sum()
 }
 
 #[derive(Parser, Debug)]
@@ -74,11 +99,15 @@ struct Args {
     /// Generated stacks for `overlayer prop` per kernel.
     #[arg(long, env = "VM_PROP_CASES", default_value_t = DEFAULT_PROP_CASES)]
     prop_cases: u64,
-    /// Seed for `overlayer prop`; fixed by default so runs (and CI) are
-    /// reproducible; set another to explore new stacks.
+    /// Generated stacks for `overlayer prop --mode roundtrip` per kernel.
+    #[arg(long, env = "VM_ROUNDTRIP_CASES", default_value_t = DEFAULT_ROUNDTRIP_CASES)]
+    roundtrip_cases: u64,
+    /// Seed for `overlayer prop` (both modes); fixed by default so runs (and
+    /// CI) are reproducible; set another to explore new stacks.
     #[arg(long, env = "VM_SEED", default_value_t = 1)]
     seed: u64,
-    /// Per-kernel timeout in seconds [default: 90 + prop_cases/20].
+    /// Per-kernel timeout in seconds [default: 90 + (prop_cases +
+    /// roundtrip_cases)/20, counting the steps that run].
     #[arg(long, env = "VM_TIMEOUT")]
     timeout: Option<u64>,
     /// Accelerator: auto, kvm or tcg.
@@ -94,7 +123,7 @@ struct Args {
     #[arg(long, env = "VM_CPUS", default_value_t = 2)]
     cpus: u32,
     /// Steps to run in each kernel (comma separated).
-    #[arg(long, env = "VM_STEPS", default_value = "probe,replay,prop")]
+    #[arg(long, env = "VM_STEPS", default_value = DEFAULT_STEPS)]
     steps: String,
     /// Drop into busybox sh on the guest console instead of running the
     /// steps (also VM_SHELL=1).
@@ -169,8 +198,8 @@ fn real_main(args: Args) -> Result<bool> {
         .filter(|s| !s.is_empty())
         .collect();
     for s in &steps {
-        if !["probe", "replay", "prop"].contains(&s.as_str()) {
-            bail!("unknown step {s:?} (want probe, replay, prop)");
+        if !STEPS.contains(&s.as_str()) {
+            bail!("unknown step {s:?} (want {})", STEPS.join(", "));
         }
     }
 
@@ -195,19 +224,26 @@ fn real_main(args: Args) -> Result<bool> {
     let seed = args.seed;
     let guest = GuestOptions {
         prop_cases: args.prop_cases,
+        roundtrip_cases: args.roundtrip_cases,
         seed,
         shell: args.shell,
         steps,
     };
-    let timeout = args
-        .timeout
-        .map(Duration::from_secs)
-        .unwrap_or_else(|| default_timeout(args.prop_cases));
+    let timeout = args.timeout.map(Duration::from_secs).unwrap_or_else(|| {
+        default_timeout(stacks_to_run(
+            &guest.steps,
+            guest.prop_cases,
+            guest.roundtrip_cases,
+        ))
+    });
     progress!(
-        "overlayer {} | cases {} | prop {} stacks, seed {} | timeout {} s per kernel",
+        "overlayer {} | cases {} | steps {} | prop {} stacks, roundtrip {} stacks, seed {} | \
+         timeout {} s per kernel",
         overlayer.display(),
         cases.display(),
+        guest.steps.join(","),
         guest.prop_cases,
+        guest.roundtrip_cases,
         seed,
         timeout.as_secs()
     );
@@ -289,8 +325,10 @@ fn real_main(args: Args) -> Result<bool> {
         print!("{details}");
     }
     println!(
-        "\nprop: {} stacks per kernel, seed {} (VM_SEED={} reproduces); total {:.1} s; {}",
+        "\nprop: {} stacks, roundtrip: {} stacks per kernel, seed {} (VM_SEED={} reproduces); \
+         total {:.1} s; {}",
         ctx.guest.prop_cases,
+        ctx.guest.roundtrip_cases,
         ctx.guest.seed,
         ctx.guest.seed,
         START.get_or_init(Instant::now).elapsed().as_secs_f64(),
@@ -301,6 +339,8 @@ fn real_main(args: Args) -> Result<bool> {
             "ok": ok,
             "seed": ctx.guest.seed,
             "prop_cases": ctx.guest.prop_cases,
+            "roundtrip_cases": ctx.guest.roundtrip_cases,
+            "steps": ctx.guest.steps,
             "accel": decision.accel.to_string(),
             "accel_reason": decision.reason,
             "accel_fallback": accel_note,
@@ -549,6 +589,21 @@ mod tests {
     }
 
     #[rstest]
+    #[case(&["probe", "replay", "prop", "roundtrip"], 4000)]
+    #[case(&["probe", "replay", "prop"], 3000)]
+    #[case(&["roundtrip"], 1000)]
+    #[case(&["probe"], 0)]
+    fn stacks_of_steps(#[case] steps: &[&str], #[case] want: u64) {
+        let steps: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+        assert_eq!(stacks_to_run(&steps, 3000, 1000), want);
+    }
+
+    #[test]
+    fn default_steps_are_all_steps() {
+        assert_eq!(DEFAULT_STEPS, STEPS.join(","));
+    }
+
+    #[rstest]
     #[case("6.12.117+deb12-amd64", "6.12.117+deb12-amd64")]
     #[case("/tmp/my kernel", "_tmp_my_kernel")]
     fn sanitized(#[case] input: &str, #[case] want: &str) {
@@ -597,7 +652,7 @@ mod tests {
             },
         )
         .unwrap();
-        let steps = vec!["probe".to_string(), "replay".into(), "prop".into()];
+        let steps: Vec<String> = STEPS.iter().map(|s| s.to_string()).collect();
         let boot = Boot {
             qemu,
             accel: Accel::Tcg,
@@ -607,6 +662,7 @@ mod tests {
             cpus: 1,
             guest: GuestOptions {
                 prop_cases: 5,
+                roundtrip_cases: 4,
                 seed: 1,
                 shell: false,
                 steps: steps.clone(),
@@ -628,6 +684,7 @@ mod tests {
         assert_eq!(row.status, Status::Pass, "{:?}", row.problems);
         assert_eq!(row.replay.as_ref().map(|r| r.passed), Some(1));
         assert_eq!(row.prop.as_ref().map(|p| p.passed), Some(5));
+        assert_eq!(row.roundtrip.as_ref().map(|p| p.passed), Some(4));
         assert!(
             row.boot_seconds.is_some_and(|b| b < 8.0),
             "{:?}",

@@ -30,9 +30,11 @@ pub const CONSOLE_KEEP: usize = 400;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestOptions {
     pub prop_cases: u64,
+    /// Stacks for `overlayer prop --mode roundtrip`.
+    pub roundtrip_cases: u64,
     pub seed: u64,
     pub shell: bool,
-    /// Steps to run, in order (`probe`, `replay`, `prop`).
+    /// Steps to run, in order (`probe`, `replay`, `prop`, `roundtrip`).
     pub steps: Vec<String>,
 }
 
@@ -87,8 +89,8 @@ pub fn kernel_args(kernel: &Path, initrd: &Path, cmdline: &str) -> Vec<OsString>
 pub fn kernel_cmdline(opts: &GuestOptions) -> String {
     let mut s = String::from("console=ttyS0 panic=-1 oops=panic quiet loglevel=3 mitigations=off");
     s.push_str(&format!(
-        " OVL_PROP_CASES={} OVL_SEED={}",
-        opts.prop_cases, opts.seed
+        " OVL_PROP_CASES={} OVL_ROUNDTRIP_CASES={} OVL_SEED={}",
+        opts.prop_cases, opts.roundtrip_cases, opts.seed
     ));
     if !opts.steps.is_empty() {
         s.push_str(&format!(" OVL_STEPS={}", opts.steps.join(",")));
@@ -326,6 +328,7 @@ pub fn run(b: &Boot, progress: &mut dyn FnMut(&str)) -> Result<BootResult> {
     let mut exit = None;
     let mut last_news = Instant::now();
     let mut step = "boot".to_string();
+    let steps: Vec<&str> = b.guest.steps.iter().map(String::as_str).collect();
     let mut done_at: Option<Instant> = None;
 
     let handle_line = |line: &str,
@@ -388,6 +391,7 @@ pub fn run(b: &Boot, progress: &mut dyn FnMut(&str)) -> Result<BootResult> {
                 if let Some(kind) = handle_line(&line, true, &mut collector, &mut tail, progress) {
                     on_kind(
                         &kind,
+                        &steps,
                         &mut step,
                         &mut boot_host,
                         &mut done_at,
@@ -401,6 +405,7 @@ pub fn run(b: &Boot, progress: &mut dyn FnMut(&str)) -> Result<BootResult> {
                 if let Some(kind) = handle_line(&line, false, &mut collector, &mut tail, progress) {
                     on_kind(
                         &kind,
+                        &steps,
                         &mut step,
                         &mut boot_host,
                         &mut done_at,
@@ -457,8 +462,19 @@ pub fn run(b: &Boot, progress: &mut dyn FnMut(&str)) -> Result<BootResult> {
     })
 }
 
+/// The step after `current` (what the guest runs once it reports `current`
+/// finished or skipped), or `finishing`.
+fn next_step(steps: &[&str], current: &str) -> String {
+    steps
+        .iter()
+        .position(|s| *s == current)
+        .and_then(|i| steps.get(i + 1))
+        .map_or_else(|| "finishing".into(), |s| s.to_string())
+}
+
 fn on_kind(
     kind: &str,
+    steps: &[&str],
     step: &mut String,
     boot_host: &mut Option<Duration>,
     done_at: &mut Option<Instant>,
@@ -471,14 +487,8 @@ fn on_kind(
             *boot_host = Some(start.elapsed());
             *step = "loading modules".into();
         }
-        "overlay" => *step = "probe".into(),
-        "exit" | "skip" => {
-            *step = match step.as_str() {
-                "probe" => "replay".into(),
-                "replay" => "prop".into(),
-                _ => "finishing".into(),
-            }
-        }
+        "overlay" => *step = steps.first().map_or("finishing", |s| s).into(),
+        "exit" | "skip" => *step = next_step(steps, step),
         "done" => *done_at = Some(Instant::now()),
         _ => {}
     }
@@ -530,6 +540,7 @@ mod tests {
     fn opts(shell: bool, steps: &[&str]) -> GuestOptions {
         GuestOptions {
             prop_cases: 300,
+            roundtrip_cases: 200,
             seed: 42,
             shell,
             steps: steps.iter().map(|s| s.to_string()).collect(),
@@ -537,9 +548,10 @@ mod tests {
     }
 
     #[rstest]
-    #[case(opts(false, &[]), &["console=ttyS0", "panic=-1", "quiet", "OVL_PROP_CASES=300", "OVL_SEED=42"], &["OVL_SHELL", "OVL_STEPS"])]
+    #[case(opts(false, &[]), &["console=ttyS0", "panic=-1", "quiet", "OVL_PROP_CASES=300", "OVL_ROUNDTRIP_CASES=200", "OVL_SEED=42"], &["OVL_SHELL", "OVL_STEPS"])]
     #[case(opts(true, &[]), &["OVL_SHELL=1"], &["OVL_STEPS"])]
     #[case(opts(false, &["probe", "prop"]), &["OVL_STEPS=probe,prop"], &["OVL_SHELL"])]
+    #[case(opts(false, &["probe", "replay", "prop", "roundtrip"]), &["OVL_STEPS=probe,replay,prop,roundtrip"], &["OVL_SHELL"])]
     fn cmdline(#[case] o: GuestOptions, #[case] has: &[&str], #[case] lacks: &[&str]) {
         let c = kernel_cmdline(&o);
         let words: Vec<&str> = c.split(' ').collect();
@@ -557,6 +569,17 @@ mod tests {
     #[case(true, "/t/a,b.sock", &["-display", "none", "-serial", "mon:stdio", "-chardev", "socket,id=results,path=/t/a,,b.sock", "-serial", "chardev:results"])]
     fn console(#[case] interactive: bool, #[case] sock: &str, #[case] want: &[&str]) {
         assert_eq!(strs(console_args(interactive, Path::new(sock))), want);
+    }
+
+    #[rstest]
+    #[case(&["probe", "replay", "prop", "roundtrip"], "probe", "replay")]
+    #[case(&["probe", "replay", "prop", "roundtrip"], "prop", "roundtrip")]
+    #[case(&["probe", "replay", "prop", "roundtrip"], "roundtrip", "finishing")]
+    #[case(&["probe", "roundtrip"], "probe", "roundtrip")]
+    #[case(&["probe"], "probe", "finishing")]
+    #[case(&["probe"], "loading modules", "finishing")]
+    fn steps_advance(#[case] steps: &[&str], #[case] current: &str, #[case] want: &str) {
+        assert_eq!(next_step(steps, current), want);
     }
 
     #[test]

@@ -127,19 +127,39 @@ pub struct Replay {
     pub cases: Vec<ReplayCase>,
 }
 
-/// `overlayer prop --json` output.
+/// `overlayer prop --json` output (both `--mode convert`, the `prop` step,
+/// and `--mode roundtrip`, the `roundtrip` step).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Prop {
     pub cases: u64,
     pub passed: u64,
     pub failed: u64,
+    /// Whether the third side (the kernel's merged view, or the applied
+    /// exports) was checked; `false` when the harness could not mount, in
+    /// which case only apply was compared with the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<bool>,
+    /// Stacks whose third-side view was compared (the rest were refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mounted: Option<u64>,
     pub seconds: f64,
     pub stacks_per_second: f64,
     pub seed: u64,
     /// Why the first failing stack failed, when the harness says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+}
+
+/// The part of `overlayer prop`'s stdout that shows the shrunk failing stack
+/// (from `minimal failing stack:` on, at most 300 lines), for the report; the
+/// guest's init.sh sends the same lines with `sed`.
+pub fn failing_stack(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("minimal failing stack:"))
+        .take(300)
+        .collect()
 }
 
 /// Exit status of one step.
@@ -177,6 +197,7 @@ pub struct Collector {
     pub probe: Option<Value>,
     pub replay: Option<Replay>,
     pub prop: Option<Prop>,
+    pub roundtrip: Option<Prop>,
     pub exits: Vec<StepExit>,
     pub skips: Vec<(String, String)>,
     pub logs: Vec<String>,
@@ -265,13 +286,17 @@ impl Collector {
                 self.replay = Some(r);
                 Some(msg)
             }
-            "prop" => {
+            "prop" | "roundtrip" => {
                 let p: Prop = parse(f, &mut self.bad)?;
                 let msg = format!(
-                    "prop: {}/{} stacks passed in {:.1} s ({:.1} stacks/s, seed {})",
-                    p.passed, p.cases, p.seconds, p.stacks_per_second, p.seed
+                    "{}: {}/{} stacks passed in {:.1} s ({:.1} stacks/s, seed {})",
+                    f.kind, p.passed, p.cases, p.seconds, p.stacks_per_second, p.seed
                 );
-                self.prop = Some(p);
+                if f.kind == "prop" {
+                    self.prop = Some(p);
+                } else {
+                    self.roundtrip = Some(p);
+                }
                 Some(msg)
             }
             "exit" => {
@@ -335,6 +360,7 @@ impl Collector {
                 "probe" => self.probe.is_some(),
                 "replay" => self.replay.is_some(),
                 "prop" => self.prop.is_some(),
+                "roundtrip" => self.roundtrip.is_some(),
                 _ => true,
             };
             if !have && self.exits.iter().any(|e| e.step == *step && e.rc == 0) {
@@ -357,17 +383,31 @@ impl Collector {
                 ));
             }
         }
-        if let Some(p) = &self.prop {
-            if p.failed > 0 || p.passed < p.cases {
+        for (step, p) in [("prop", &self.prop), ("roundtrip", &self.roundtrip)] {
+            let Some(p) = p else { continue };
+            // prop stops at the first failing stack (then shrinks it):
+            // `failed` is 0 or 1 and `passed` counts the stacks before it.
+            let why = p
+                .failure
+                .as_ref()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default();
+            if p.failed > 0 {
                 problems.push(format!(
-                    "prop: {} of {} stacks failed (seed {}){}",
-                    p.failed.max(p.cases - p.passed.min(p.cases)),
+                    "{step}: stack {} of {} failed (seed {}){why}",
+                    p.passed + 1,
                     p.cases,
                     p.seed,
-                    p.failure
-                        .as_ref()
-                        .map(|f| format!(": {f}"))
-                        .unwrap_or_default()
+                ));
+            } else if p.passed < p.cases {
+                problems.push(format!(
+                    "{step}: only {} of {} stacks passed (seed {}){why}",
+                    p.passed, p.cases, p.seed,
+                ));
+            }
+            if p.kernel == Some(false) {
+                notes.push(format!(
+                    "{step}: could not mount, so only apply was compared with the model"
                 ));
             }
         }
@@ -397,6 +437,7 @@ impl Collector {
                 r
             }),
             prop: self.prop,
+            roundtrip: self.roundtrip,
             boot_seconds: self.boot_uptime,
             boot_host_seconds: ctx.boot_host_seconds,
             total_seconds: ctx.total_seconds,
@@ -435,6 +476,8 @@ pub struct Row {
     /// Counts, with only the failing cases kept.
     pub replay: Option<Replay>,
     pub prop: Option<Prop>,
+    /// `overlayer prop --mode roundtrip`: export of the conversion, applied.
+    pub roundtrip: Option<Prop>,
     /// Guest `/proc/uptime` when `/init` started.
     pub boot_seconds: Option<f64>,
     /// Host wall clock from starting QEMU to the guest's boot frame.
@@ -460,6 +503,7 @@ impl Row {
             probe: None,
             replay: None,
             prop: None,
+            roundtrip: None,
             boot_seconds: None,
             boot_host_seconds: None,
             total_seconds: 0.0,
@@ -501,6 +545,12 @@ fn secs(v: Option<f64>) -> String {
     v.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into())
 }
 
+/// A STACKS or ROUNDTRIP cell: stacks that passed, and the rate.
+fn stacks(p: Option<&Prop>) -> String {
+    p.map(|p| format!("{} ({:.0}/s)", p.passed, p.stacks_per_second))
+        .unwrap_or_else(|| "-".into())
+}
+
 /// The report table, one row per kernel, with columns aligned.
 pub fn format_table(rows: &[Row]) -> String {
     let header = [
@@ -510,6 +560,7 @@ pub fn format_table(rows: &[Row]) -> String {
         "FEATURES",
         "CASES p/f/s",
         "STACKS",
+        "ROUNDTRIP",
         "BOOT",
         "INIT",
         "TOTAL",
@@ -541,10 +592,8 @@ pub fn format_table(rows: &[Row]) -> String {
                 .as_ref()
                 .map(|c| format!("{}/{}/{}", c.passed, c.failed, c.skipped))
                 .unwrap_or_else(|| "-".into()),
-            r.prop
-                .as_ref()
-                .map(|p| format!("{} ({:.0}/s)", p.passed, p.stacks_per_second))
-                .unwrap_or_else(|| "-".into()),
+            stacks(r.prop.as_ref()),
+            stacks(r.roundtrip.as_ref()),
             secs(r.boot_seconds),
             secs(r.boot_host_seconds),
             format!("{:.1}s", r.total_seconds),
@@ -645,7 +694,7 @@ mod tests {
         }
     }
 
-    const STEPS: [&str; 3] = ["probe", "replay", "prop"];
+    const STEPS: [&str; 4] = ["probe", "replay", "prop", "roundtrip"];
 
     fn good_run() -> Vec<&'static str> {
         vec![
@@ -658,8 +707,18 @@ mod tests {
             r#"@@OVERLAYER@@ exit {"step":"replay","rc":0,"seconds":1.5}"#,
             r#"@@OVERLAYER@@ prop {"cases":300,"passed":300,"failed":0,"seconds":12.0,"stacks_per_second":25.0,"seed":7}"#,
             r#"@@OVERLAYER@@ exit {"step":"prop","rc":0,"seconds":12.1}"#,
+            r#"@@OVERLAYER@@ roundtrip {"cases":200,"passed":200,"failed":0,"kernel":true,"mounted":70,"refused":{"parent-not-directory":88},"seconds":2.5,"stacks_per_second":80.0,"seed":7}"#,
+            r#"@@OVERLAYER@@ exit {"step":"roundtrip","rc":0,"seconds":2.6}"#,
             r#"@@OVERLAYER@@ done {"uptime":20.0}"#,
         ]
+    }
+
+    /// Index of the first line of `good_run()` that starts with `prefix`.
+    fn at(lines: &[&str], prefix: &str) -> usize {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix}"))
     }
 
     #[test]
@@ -670,6 +729,92 @@ mod tests {
         assert_eq!(row.features, ["userxattr", "lowerdir+"]);
         assert_eq!(row.boot_seconds, Some(2.05));
         assert_eq!(row.prop.as_ref().unwrap().passed, 300);
+        let rt = row.roundtrip.as_ref().unwrap();
+        assert_eq!(
+            (rt.passed, rt.kernel, rt.mounted),
+            (200, Some(true), Some(70))
+        );
+        assert!(row.notes.is_empty(), "{:?}", row.notes);
+    }
+
+    #[rstest]
+    #[case("prop", "@@OVERLAYER@@ prop ", r#"@@OVERLAYER@@ prop {"cases":300,"passed":41,"failed":1,"seconds":1.0,"stacks_per_second":42.0,"seed":7,"failure":"model vs kernel: a: mode 0644 != 0755"}"#)]
+    #[case("roundtrip", "@@OVERLAYER@@ roundtrip ", r#"@@OVERLAYER@@ roundtrip {"cases":200,"passed":12,"failed":1,"kernel":true,"mounted":5,"seconds":1.0,"stacks_per_second":13.0,"seed":7,"failure":"model vs roundtrip: d/.wh.x: missing"}"#)]
+    fn stack_failures_are_reported(#[case] step: &str, #[case] prefix: &str, #[case] line: &str) {
+        let mut lines = good_run();
+        let i = at(&lines, prefix);
+        lines[i] = line;
+        lines[i + 1] = if step == "prop" {
+            r#"@@OVERLAYER@@ exit {"step":"prop","rc":1,"seconds":1.0}"#
+        } else {
+            r#"@@OVERLAYER@@ exit {"step":"roundtrip","rc":1,"seconds":1.0}"#
+        };
+        lines.insert(i + 1, "@@OVERLAYER@@ log STEP: minimal failing stack:");
+        let row = collect(&lines).into_row(ctx(), &STEPS, None);
+        assert_eq!(row.status, Status::Fail);
+        let all = row.problems.join("\n");
+        assert!(
+            all.contains(&format!("{step} exited with status 1")),
+            "{all}"
+        );
+        let want = match step {
+            "prop" => "prop: stack 42 of 300 failed (seed 7): model vs kernel: a: mode",
+            _ => "roundtrip: stack 13 of 200 failed (seed 7): model vs roundtrip: d/.wh.x",
+        };
+        assert!(all.contains(want), "{all}");
+        assert_eq!(row.problems.len(), 2, "{all}");
+        let d = format_details(&[row]);
+        assert!(d.contains("  log: STEP: minimal failing stack:"), "{d}");
+    }
+
+    #[test]
+    fn unchecked_kernel_side_is_noted() {
+        let mut lines = good_run();
+        let i = at(&lines, "@@OVERLAYER@@ roundtrip ");
+        lines[i] = r#"@@OVERLAYER@@ roundtrip {"cases":200,"passed":200,"failed":0,"kernel":false,"mounted":0,"seconds":0.5,"stacks_per_second":400.0,"seed":7}"#;
+        let row = collect(&lines).into_row(ctx(), &STEPS, None);
+        assert_eq!(row.status, Status::Pass, "{:?}", row.problems);
+        assert_eq!(row.notes.len(), 1);
+        assert!(
+            row.notes[0].starts_with("roundtrip: could not mount"),
+            "{:?}",
+            row.notes
+        );
+    }
+
+    #[test]
+    fn missing_roundtrip_result_fails() {
+        let mut lines = good_run();
+        lines.remove(at(&lines, "@@OVERLAYER@@ roundtrip "));
+        let row = collect(&lines).into_row(ctx(), &STEPS, None);
+        assert_eq!(row.status, Status::Fail);
+        assert_eq!(row.problems, ["roundtrip wrote no JSON result"]);
+        // Not asked for: not expected.
+        let mut lines = good_run();
+        lines.truncate(at(&lines, "@@OVERLAYER@@ roundtrip "));
+        lines.push(r#"@@OVERLAYER@@ done {}"#);
+        let row = collect(&lines).into_row(ctx(), &STEPS[..3], None);
+        assert_eq!(row.status, Status::Pass, "{:?}", row.problems);
+        assert!(row.roundtrip.is_none());
+    }
+
+    #[test]
+    fn failing_stack_section() {
+        let out = "200 stacks, seed 1, kernel checked: 1 failed\nrefusals by rule: x 1\n\
+                   minimal failing stack:\nmodel vs roundtrip: a\n{\n  \"layers\": []\n}\n";
+        assert_eq!(
+            failing_stack(out),
+            [
+                "minimal failing stack:",
+                "model vs roundtrip: a",
+                "{",
+                "  \"layers\": []",
+                "}"
+            ]
+        );
+        assert!(failing_stack("3 stacks, seed 1: 0 failed\n").is_empty());
+        let long = format!("minimal failing stack:\n{}", "x\n".repeat(500));
+        assert_eq!(failing_stack(&long).len(), 300);
     }
 
     #[test]
@@ -695,17 +840,29 @@ mod tests {
         assert!(all.contains("timed out"), "{all}");
         assert!(all.contains("probe did not finish"), "{all}");
         assert!(all.contains("prop did not finish"), "{all}");
+        assert!(all.contains("roundtrip did not finish"), "{all}");
     }
 
     #[test]
     fn skip_is_not_failure() {
         let mut lines = good_run();
-        lines.truncate(7);
+        lines.truncate(at(&lines, "@@OVERLAYER@@ prop "));
         lines.push(r#"@@OVERLAYER@@ skip {"step":"prop","reason":"no overlay"}"#);
+        lines.push(r#"@@OVERLAYER@@ skip {"step":"roundtrip","reason":"no overlay"}"#);
         lines.push(r#"@@OVERLAYER@@ done {}"#);
         let row = collect(&lines).into_row(ctx(), &STEPS, None);
         assert_eq!(row.status, Status::Skip, "{:?}", row.problems);
-        assert!(row.notes[0].contains("no overlay"));
+        assert_eq!(
+            row.notes,
+            ["prop skipped: no overlay", "roundtrip skipped: no overlay"]
+        );
+        let t = format_table(&[row]);
+        let (head, line) = (t.lines().next().unwrap(), t.lines().nth(1).unwrap());
+        for col in ["STACKS", "ROUNDTRIP"] {
+            let at = head.find(col).unwrap();
+            assert!(line[at..].starts_with("- "), "{col}: {t}");
+        }
+        assert!(line.ends_with("skip"), "{t}");
     }
 
     #[test]
@@ -744,7 +901,12 @@ mod tests {
         assert_eq!(&lines[2][col..col + 3], "tcg");
         assert!(lines[1].contains("6.1.0-30-amd64 (6.1)"));
         assert!(lines[1].contains("2/0/1"));
-        assert!(lines[1].contains("300 (25/s)"));
+        let stacks = lines[0].find("STACKS").unwrap();
+        let roundtrip = lines[0].find("ROUNDTRIP").unwrap();
+        assert!(stacks < roundtrip, "{t}");
+        assert!(lines[1][stacks..].starts_with("300 (25/s)"), "{t}");
+        assert!(lines[1][roundtrip..].starts_with("200 (80/s)"), "{t}");
+        assert!(lines[2][roundtrip..].starts_with('-'), "{t}");
         assert!(lines[1].contains("2.0s  5.0s  40.0s"), "{t}");
         assert!(lines[1].ends_with("ok"));
         assert!(lines[2].ends_with("FAIL"));
