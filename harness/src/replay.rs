@@ -163,9 +163,11 @@ pub fn read_options(o: &CaseOptions) -> ReadOptions {
     }
 }
 
-/// Host paths named by a case's absolute symlink targets, as they were
-/// before the case ran: a layer must never reach them.
-struct HostPaths(Vec<(String, Option<Vec<String>>)>);
+/// Host paths named by a case's absolute symlink targets that did not exist
+/// before the case ran: a layer written through such a symlink must never
+/// create them. (Existing host directories are not compared: other work on
+/// the machine changes them.)
+struct HostPaths(Vec<String>);
 
 impl HostPaths {
     fn record(case: &Case) -> Self {
@@ -175,39 +177,18 @@ impl HostPaths {
             .flatten()
             .filter_map(|e| e.target.clone())
             .filter(|t| t.starts_with('/') && t.len() > 1)
+            .filter(|t| std::fs::symlink_metadata(t).is_err())
             .collect();
         paths.sort();
         paths.dedup();
-        HostPaths(
-            paths
-                .into_iter()
-                .map(|p| {
-                    let state = Self::state(&p);
-                    (p, state)
-                })
-                .collect(),
-        )
-    }
-
-    /// `None` if missing, else the sorted names in it (empty for a non-dir).
-    fn state(path: &str) -> Option<Vec<String>> {
-        let meta = std::fs::symlink_metadata(path).ok()?;
-        if !meta.is_dir() {
-            return Some(Vec::new());
-        }
-        let mut names: Vec<String> = std::fs::read_dir(path)
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect();
-        names.sort();
-        Some(names)
+        HostPaths(paths)
     }
 
     fn changed(&self) -> Option<String> {
         self.0
             .iter()
-            .find(|(p, before)| Self::state(p) != *before)
-            .map(|(p, _)| p.clone())
+            .find(|p| std::fs::symlink_metadata(p).is_ok())
+            .cloned()
     }
 }
 
