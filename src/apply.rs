@@ -23,14 +23,14 @@ use crate::sys;
 
 /// Applies `layers` (bottom first) to a new directory `out`, which must not
 /// exist, with default limits. See [`apply_to_new_dir_with`].
-pub fn apply_to_new_dir<R: Read>(layers: Vec<R>, out: &Path) -> Result<()> {
+pub fn apply_to_new_dir<R: Read + Send>(layers: Vec<R>, out: &Path) -> Result<()> {
     apply_to_new_dir_with(layers, out, &ReadOptions::default()).map(|_| ())
 }
 
 /// Applies `layers` (bottom first) to a new directory `out`, which must not
 /// exist. The rootfs is built in a temporary sibling and renamed into place,
 /// so on failure (or cancellation) nothing is left behind.
-pub fn apply_to_new_dir_with<R: Read>(
+pub fn apply_to_new_dir_with<R: Read + Send>(
     layers: Vec<R>,
     out: &Path,
     opts: &ReadOptions,
@@ -42,7 +42,11 @@ pub fn apply_to_new_dir_with<R: Read>(
 }
 
 /// Applies `layers` (bottom first) onto the existing directory `root`.
-pub fn apply_into<R: Read>(layers: Vec<R>, root: &Path, opts: &ReadOptions) -> Result<Summary> {
+pub fn apply_into<R: Read + Send>(
+    layers: Vec<R>,
+    root: &Path,
+    opts: &ReadOptions,
+) -> Result<Summary> {
     let root_fd = rfs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -57,7 +61,7 @@ pub fn apply_into<R: Read>(layers: Vec<R>, root: &Path, opts: &ReadOptions) -> R
     Ok(stack.summary())
 }
 
-fn apply_layer<R: Read>(
+fn apply_layer<R: Read + Send>(
     disk: &mut Disk,
     stack: &mut StackReader,
     index: usize,

@@ -36,7 +36,7 @@ struct LayerIndex {
 
 /// Lists what the layers (bottom first) hide. Paths are compared as the
 /// archive names them (symlinked parents are not followed).
-pub fn hidden<R: Read>(layers: Vec<R>, opts: &ReadOptions) -> Result<Vec<Hidden>> {
+pub fn hidden<R: Read + Send>(layers: Vec<R>, opts: &ReadOptions) -> Result<Vec<Hidden>> {
     let mut stack = StackReader::new(*opts);
     let mut index: Vec<LayerIndex> = Vec::new();
     for (i, reader) in layers.into_iter().enumerate() {

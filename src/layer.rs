@@ -38,6 +38,58 @@ impl Compression {
     }
 }
 
+/// Inflated chunks handed from the inflating thread to the reading one.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight: the inflater runs at most this far ahead (1 MiB).
+const CHUNKS_AHEAD: usize = 4;
+
+/// The reading end of an inflating thread.
+struct Inflated {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Inflated {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Inflates `dec` into `tx` until it ends, fails, or the reader hangs up.
+fn inflate_into(mut dec: Box<dyn Read + '_>, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        match dec.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                chunk.truncate(n);
+                if tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
 /// Wraps `reader` in the decompressor its magic bytes call for.
 pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
@@ -195,14 +247,49 @@ impl StackReader {
     /// AUFS metadata (`.wh..wh.*` other than the opaque marker, anywhere in
     /// the path) is skipped (refused in strict mode): layer.md reserves those
     /// names and they never reach a rootfs. PAX global headers are ignored.
+    ///
+    /// A compressed layer is inflated on a thread of its own while entries
+    /// are written, at most [`CHUNKS_AHEAD`] chunks ahead of the reader.
     pub fn read_layer<R, F>(&mut self, layer: usize, reader: R, mut visit: F) -> Result<()>
     where
-        R: Read,
+        R: Read + Send,
         F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
     {
         let trip = Rc::new(Cell::new(None));
         let mut last = String::from("<archive start>");
-        let result = self.read_entries(layer, reader, &trip, &mut last, &mut visit);
+        let mut buffered = BufReader::with_capacity(CHUNK, reader);
+        let compression = match buffered.fill_buf() {
+            Ok(head) => Compression::detect(head),
+            Err(e) => {
+                return Err(Error::Invalid {
+                    layer,
+                    entry: "<archive>".into(),
+                    rule: Rule::CorruptArchive,
+                    detail: Some(e.to_string()),
+                })
+            }
+        };
+        let result = if compression == Compression::None {
+            self.read_entries(layer, buffered, &trip, &mut last, &mut visit)
+        } else {
+            std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+                scope.spawn(move || match decompress(buffered) {
+                    Ok(dec) => inflate_into(dec, tx),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                });
+                let inflated = Inflated {
+                    rx,
+                    chunk: Vec::new(),
+                    pos: 0,
+                };
+                // `inflated` is dropped when read_entries returns, which
+                // stops the inflater before the scope joins it.
+                self.read_entries(layer, inflated, &trip, &mut last, &mut visit)
+            })
+        };
         match (result, trip.get()) {
             (Ok(()), _) => Ok(()),
             // A signal handler may set the flag just after the read it
@@ -237,9 +324,8 @@ impl StackReader {
             rule: Rule::CorruptArchive,
             detail: Some(e.to_string()),
         };
-        let inflated = decompress(reader).map_err(|e| corrupt("<archive>", e))?;
         let counted = Counted {
-            inner: inflated,
+            inner: reader,
             used: self.bytes.clone(),
             max: self.opts.limits.max_bytes,
             trip: trip.clone(),
@@ -322,7 +408,7 @@ impl StackReader {
 /// Reads one layer with default options (see [`StackReader::read_layer`]).
 pub fn read_layer<R, F>(layer: usize, reader: R, visit: F) -> Result<()>
 where
-    R: Read,
+    R: Read + Send,
     F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
 {
     StackReader::new(ReadOptions::default()).read_layer(layer, reader, visit)

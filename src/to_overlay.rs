@@ -96,7 +96,7 @@ impl Converted {
 
 /// Converts `layers` (bottom first) into a new directory `out` (which must
 /// not exist), built in a temporary sibling and renamed on success.
-pub fn convert_to_new_dir<R: Read>(
+pub fn convert_to_new_dir<R: Read + Send>(
     layers: Vec<R>,
     out: &Path,
     opts: ConvertOptions,
@@ -114,7 +114,7 @@ pub fn convert_to_new_dir<R: Read>(
 
 /// Converts `layers` (bottom first) into `out/0` … `out/N-1`; `out` exists
 /// and holds none of those names.
-pub fn convert_into<R: Read>(
+pub fn convert_into<R: Read + Send>(
     layers: Vec<R>,
     out: &Path,
     opts: ConvertOptions,
@@ -126,7 +126,7 @@ pub fn convert_into<R: Read>(
     result
 }
 
-fn convert_layers<R: Read>(
+fn convert_layers<R: Read + Send>(
     layers: Vec<R>,
     out: &Path,
     staging: &Path,
