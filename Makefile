@@ -8,7 +8,7 @@ CARGO ?= cargo
 TEST_DEBS := attr
 VM_DEBS := qemu-system-x86 busybox-static cpio attr xz-utils zstd
 
-.PHONY: all build test test-deps vm-test vm-deps fmt lint replay prop bench clean
+.PHONY: all build test test-deps vm-test vm-deps fmt lint replay prop bench clean fuzz
 
 all: build
 
@@ -43,6 +43,22 @@ prop: build
 
 vm-test:
 	./vm/vm-test.sh
+
+bench:
+	./bench/bench.sh
+
+# libFuzzer via cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP=1 lets it
+# pass its -Z flags): seeds from cases/, then each target for FUZZ_SECONDS
+# (default 60). Needs root (private mount namespace, tmpfs, chroot). See fuzz/README.md.
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) run --release -q --bin seed-corpus
+	@for t in layer_bytes stack; do \
+		mkdir -p fuzz/corpus/$$t fuzz/artifacts/$$t; \
+		echo "fuzzing $$t for $${FUZZ_SECONDS:-60}s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz -O $$t fuzz/corpus/$$t -- \
+			-max_total_time=$${FUZZ_SECONDS:-60} -timeout=10 -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -91,7 +91,9 @@ impl Rule {
         match self {
             Rule::ParentComponent => "a `..` component would leave the root",
             Rule::NonUtf8Name => "the name is not valid UTF-8",
-            Rule::NameTooLong => "a path component is longer than NAME_MAX (255 bytes)",
+            Rule::NameTooLong => {
+                "a path component is longer than NAME_MAX (255 bytes), or the path longer than PATH_MAX"
+            }
             Rule::BareWhiteout => "a bare `.wh.` whites out nothing (OCI layer.md)",
             Rule::WhiteoutOfDot => "`.wh..` and `.wh...` would white out `.` or `..`",
             Rule::WhiteoutDevice => {

@@ -103,6 +103,9 @@ pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>>
 
 /// Linux's NAME_MAX: the longest path component any filesystem holds.
 pub const NAME_MAX: usize = 255;
+/// The longest path a rootfs can hold: `/` + path + NUL within PATH_MAX
+/// (4096), so the container itself can name it.
+pub const PATH_MAX_IN_ROOT: usize = 4094;
 
 /// A path inside a layer, as components; empty is the root.
 pub type RelPath = Vec<String>;
@@ -175,6 +178,14 @@ pub fn normalise(raw: &[u8]) -> std::result::Result<RelPath, Rule> {
             c if c.len() > NAME_MAX => return Err(Rule::NameTooLong),
             c => out.push(c.to_string()),
         }
+    }
+    let len = out
+        .iter()
+        .map(|c| c.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    if len > PATH_MAX_IN_ROOT {
+        return Err(Rule::NameTooLong);
     }
     Ok(out)
 }
@@ -452,8 +463,8 @@ fn parse_entry<R: Read>(
     }
     let mut meta = Meta {
         mode: header.mode().unwrap_or(0o644) & 0o7777,
-        uid: header.uid().unwrap_or(0) as u32,
-        gid: header.gid().unwrap_or(0) as u32,
+        uid: owner(header.uid().unwrap_or(0))?,
+        gid: owner(header.gid().unwrap_or(0))?,
         mtime: header.mtime().unwrap_or(0) as i64,
         xattrs: Vec::new(),
     };
@@ -509,27 +520,26 @@ fn parse_entry<R: Read>(
                 .map_err(|e| Fault::Rule(Rule::CorruptArchive, Some(format!("PAX record: {e}"))))?;
             let Ok(key) = ext.key() else { continue };
             let value = ext.value_bytes();
-            let number = || {
-                std::str::from_utf8(value)
-                    .ok()?
-                    .split('.')
-                    .next()?
-                    .parse()
-                    .ok()
-            };
             if let Some(xattr) = key.strip_prefix("SCHILY.xattr.") {
                 meta.xattrs.push((xattr.to_string(), value.to_vec()));
-            } else if key == "uid" {
-                meta.uid = number().unwrap_or(meta.uid as i64) as u32;
-            } else if key == "gid" {
-                meta.gid = number().unwrap_or(meta.gid as i64) as u32;
+            } else if key == "uid" || key == "gid" {
+                // PAX ids may exceed 32 bits; truncating 2^32 would give
+                // root (0), so anything out of range is refused.
+                let id: u64 = pax_number(value).ok_or_else(|| {
+                    Fault::Rule(
+                        Rule::CorruptArchive,
+                        Some(format!("PAX {key} is not a number")),
+                    )
+                })?;
+                if key == "uid" {
+                    meta.uid = owner(id)?;
+                } else {
+                    meta.gid = owner(id)?;
+                }
             } else if key == "mtime" {
-                meta.mtime = number().unwrap_or(meta.mtime);
+                meta.mtime = pax_number(value).unwrap_or(meta.mtime);
             }
         }
-    }
-    if meta.uid == u32::MAX || meta.gid == u32::MAX {
-        return Err(Rule::InvalidOwner.into());
     }
     let is_marker = path
         .last()
@@ -565,6 +575,25 @@ fn parse_entry<R: Read>(
         kind,
         meta,
     }))
+}
+
+/// The integer part of a PAX number record (`"1700000000.5"` → 1700000000).
+fn pax_number<T: std::str::FromStr>(value: &[u8]) -> Option<T> {
+    std::str::from_utf8(value)
+        .ok()?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// An owner id as Linux can apply it: 32 bits, and not `(uid_t)-1`, which
+/// chown reads as "leave unchanged".
+fn owner(id: u64) -> std::result::Result<u32, Fault> {
+    match u32::try_from(id) {
+        Ok(id) if id != u32::MAX => Ok(id),
+        _ => Err(Fault::Rule(Rule::InvalidOwner, Some(format!("id {id}")))),
+    }
 }
 
 fn header_size<R: Read>(tar_entry: &tar::Entry<'_, R>) -> u64 {

@@ -240,7 +240,15 @@ fn describe(
         }
         _ => {}
     }
-    for (key, value) in sys::list_xattrs(full).map_err(|e| Error::path(&rel, "listxattr", e))? {
+    // Through the directory fd, so paths near PATH_MAX still work.
+    let at = match name {
+        Some(name) => {
+            use std::os::fd::AsRawFd;
+            std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+        }
+        None => full.to_path_buf(),
+    };
+    for (key, value) in sys::list_xattrs(&at).map_err(|e| Error::path(&rel, "listxattr", e))? {
         if !spec::is_overlay_private_xattr(&key) {
             node.xattrs.insert(key, xattr_text(&value));
         }

@@ -137,6 +137,15 @@ impl Model {
             }
             parts.push(c.to_string());
         }
+        if parts
+            .iter()
+            .map(|c| c.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1)
+            > 4094
+        {
+            return Err(fail("name-too-long"));
+        }
         let aufs = |c: &str| c.starts_with(".wh..wh.") && c != ".wh..wh..opq" && c != ".wh..wh.";
         if parts.iter().any(|c| aufs(c)) {
             return Ok(Op::Skip);

@@ -328,3 +328,23 @@ fn ctrl_c_while_data_still_flows_stops_at_the_next_read() {
         "output left behind"
     );
 }
+
+#[test]
+fn pax_owner_beyond_32_bits_is_refused_not_truncated_to_root() {
+    // uid 2^32 truncated to 32 bits would be 0: a setuid-root file.
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_pax_extensions([("uid", &b"4294967296"[..]), ("gid", &b"4294967296"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("bin/tool").unwrap();
+    h.set_mode(0o4755);
+    h.set_size(1);
+    h.set_cksum();
+    builder.append(&h, &b"x"[..]).unwrap();
+    let layer = builder.into_inner().unwrap();
+    assert_eq!(
+        apply_rule(&layer, &ReadOptions::default()),
+        Some(Rule::InvalidOwner)
+    );
+}
