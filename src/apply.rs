@@ -135,7 +135,7 @@ impl Disk {
         for (path, mtime) in dirs {
             let result = if path.is_empty() {
                 sys::open_beneath(self.root.as_fd(), "", OFlags::RDONLY | OFlags::DIRECTORY)
-                    .and_then(|fd| rfs::futimens(&fd, &times(mtime)).map_err(io::Error::from))
+                    .and_then(|fd| rfs::futimens(&fd, &sys::times(mtime)).map_err(io::Error::from))
             } else {
                 match self.split(&path) {
                     Ok((dir, name)) => sys::set_mtime_at(dir, name, mtime),
@@ -170,7 +170,7 @@ fn set_meta_fd(
             sys::fset_xattr(fd, key, value)?;
         }
         if with_mtime {
-            rfs::futimens(fd, &times(meta.mtime))?;
+            rfs::futimens(fd, &sys::times(meta.mtime))?;
         }
         Ok(())
     }
@@ -186,17 +186,6 @@ fn copy(from: &mut dyn Read, to: &mut File, buf: &mut [u8]) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         to.write_all(&buf[..n])?;
-    }
-}
-
-fn times(mtime: i64) -> rfs::Timestamps {
-    let ts = rfs::Timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
-    };
-    rfs::Timestamps {
-        last_access: ts,
-        last_modification: ts,
     }
 }
 

@@ -151,20 +151,24 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     )?)
 }
 
-/// `utimensat(dir, name, {mtime, mtime}, AT_SYMLINK_NOFOLLOW)`.
-pub fn set_mtime_at(dir: BorrowedFd<'_>, name: &str, mtime: i64) -> io::Result<()> {
+/// Access and modification time both `mtime` seconds (layers carry one).
+pub fn times(mtime: i64) -> rfs::Timestamps {
     let ts = rfs::Timespec {
         tv_sec: mtime,
         tv_nsec: 0,
     };
-    let times = rfs::Timestamps {
+    rfs::Timestamps {
         last_access: ts,
         last_modification: ts,
-    };
+    }
+}
+
+/// `utimensat(dir, name, {mtime, mtime}, AT_SYMLINK_NOFOLLOW)`.
+pub fn set_mtime_at(dir: BorrowedFd<'_>, name: &str, mtime: i64) -> io::Result<()> {
     Ok(rfs::utimensat(
         dir,
         name,
-        &times,
+        &times(mtime),
         AtFlags::SYMLINK_NOFOLLOW,
     )?)
 }

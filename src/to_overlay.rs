@@ -450,7 +450,7 @@ impl Emitter<'_> {
                 }
             }
         }
-        rfs::futimens(fd, &times(meta.mtime))
+        rfs::futimens(fd, &sys::times(meta.mtime))
             .map_err(io::Error::from)
             .op("set directory mtime")
     }
@@ -655,17 +655,6 @@ fn mark_xwhiteouts_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-fn times(mtime: i64) -> rfs::Timestamps {
-    let ts = rfs::Timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
-    };
-    rfs::Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    }
-}
-
 fn set_meta(fd: BorrowedFd<'_>, meta: &Meta, with_mtime: bool) -> io::Result<()> {
     rfs::fchown(
         fd,
@@ -677,7 +666,7 @@ fn set_meta(fd: BorrowedFd<'_>, meta: &Meta, with_mtime: bool) -> io::Result<()>
         sys::fset_xattr(fd, key, value)?;
     }
     if with_mtime {
-        rfs::futimens(fd, &times(meta.mtime))?;
+        rfs::futimens(fd, &sys::times(meta.mtime))?;
     }
     Ok(())
 }
