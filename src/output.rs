@@ -10,16 +10,26 @@ use crate::error::{Error, Result};
 /// them if the work cannot stop in time (a read blocked on a silent pipe).
 static IN_PROGRESS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Removes every temporary output still under construction. For a signal
-/// handler that is about to exit the process.
+/// Removes every temporary output still under construction (directories
+/// and files). For a signal handler that is about to exit the process.
 pub fn abandon_all() {
-    let dirs = std::mem::take(&mut *IN_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()));
-    for dir in dirs {
-        let _ = std::fs::remove_dir_all(dir);
+    let paths = std::mem::take(&mut *IN_PROGRESS.lock().unwrap_or_else(|e| e.into_inner()));
+    for path in paths {
+        if std::fs::remove_dir_all(&path).is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
-fn forget(dir: &Path) {
+/// Records a temporary output file, for [`abandon_all`].
+pub(crate) fn register(path: &Path) {
+    IN_PROGRESS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_path_buf());
+}
+
+pub(crate) fn forget(dir: &Path) {
     IN_PROGRESS
         .lock()
         .unwrap_or_else(|e| e.into_inner())

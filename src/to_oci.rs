@@ -63,6 +63,23 @@ pub fn export_to_file(
         .prefix(".overlayer-export-")
         .tempfile_in(parent)
         .map_err(|e| fail("create temporary output", e))?;
+    crate::output::register(tmp.path());
+    let result = write_export(upper, lowers, out, opts, &tmp);
+    crate::output::forget(tmp.path());
+    let summary = result?;
+    tmp.persist_noclobber(out)
+        .map_err(|e| fail("rename into place", e.error))?;
+    Ok(summary)
+}
+
+fn write_export(
+    upper: &Path,
+    lowers: &[PathBuf],
+    out: &Path,
+    opts: ExportOptions,
+    tmp: &tempfile::NamedTempFile,
+) -> Result<ExportSummary> {
+    let fail = |op, e| Error::path(out.display(), op, e);
     let name = out.to_string_lossy();
     let file = tmp.reopen().map_err(|e| fail("open", e))?;
     let summary = if name.ends_with(".gz") || name.ends_with(".tgz") {
@@ -81,8 +98,6 @@ pub fn export_to_file(
         f.flush().map_err(|e| fail("write", e))?;
         s
     };
-    tmp.persist_noclobber(out)
-        .map_err(|e| fail("rename into place", e.error))?;
     Ok(summary)
 }
 
