@@ -78,8 +78,10 @@ fn apply_layer<R: Read + Send>(
         .map_err(|f| f.at(index, "<directory mtimes>"))
 }
 
-/// Directory fds kept at most (a few per open directory of a layer).
-const DIR_CACHE: usize = 4096;
+/// Directory fds kept at most. Small on purpose: growing the fd table past
+/// 256 (or 512) waits for an RCU grace period, about 12 ms each time, once a
+/// process has a second thread (the Ctrl-C handler, the inflater).
+const DIR_CACHE: usize = 128;
 
 /// The rootfs on disk.
 struct Disk {
