@@ -53,11 +53,8 @@ impl OverlayMount {
     /// read-only overlay needs two lowers, so a single layer gets an empty
     /// directory below it.
     pub fn options(&self) -> String {
-        let mut lowers: Vec<&str> = self.layers.iter().rev().map(String::as_str).collect();
-        if lowers.len() == 1 {
-            lowers.push(EMPTY_LOWER);
-        }
-        let mut data = format!("lowerdir={}", lowers.join(":"));
+        let top_first: Vec<String> = self.layers.iter().rev().cloned().collect();
+        let mut data = format!("lowerdir={}", readonly_lowerdir(top_first, EMPTY_LOWER));
         if self.userxattr {
             data.push_str(",userxattr");
         }
@@ -88,6 +85,16 @@ impl OverlayMount {
         sys::mount_overlay(target, &options, true)
             .map_err(|e| Error::path(target.display(), "mount overlay", e))
     }
+}
+
+/// The `lowerdir=` value of a read-only mount of `top_first`: overlayfs
+/// needs two lower layers without an upper, so a single layer gets the
+/// (empty) directory `empty` below it.
+pub fn readonly_lowerdir(mut top_first: Vec<String>, empty: &str) -> String {
+    if top_first.len() == 1 {
+        top_first.push(empty.to_string());
+    }
+    top_first.join(":")
 }
 
 /// Unmounts `target` (lazily).

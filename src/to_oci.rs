@@ -344,8 +344,11 @@ fn exported_xattr(key: &str) -> Option<String> {
     Some(key.to_string())
 }
 
-/// Stores a name in a header field, or in a PAX record when it is longer.
-fn set_name(field: &mut [u8], pax_key: &str, value: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
+/// Stores a name in a tar header field (`name`, `linkname`), or, when it is
+/// longer than the field, its prefix there and the whole in a PAX record
+/// (`path`, `linkpath`). Written raw: no validation, so tests can write
+/// hostile names too.
+pub fn set_name(field: &mut [u8], pax_key: &str, value: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
     field.fill(0);
     if value.len() <= field.len() {
         field[..value.len()].copy_from_slice(value);

@@ -71,17 +71,6 @@ pub struct Converted {
 }
 
 impl Converted {
-    /// The `lowerdir=` value, top layer first, as paths relative to the
-    /// output directory (short, so long stacks fit in the one-page option
-    /// string; mount with the output directory as working directory).
-    pub fn lowerdir_relative(&self) -> String {
-        let names: Vec<String> = (0..self.layers.len())
-            .rev()
-            .map(|i| i.to_string())
-            .collect();
-        names.join(":")
-    }
-
     /// The `lowerdir=` value with the layer paths as given.
     pub fn lowerdir(&self) -> String {
         let names: Vec<String> = self

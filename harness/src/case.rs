@@ -234,7 +234,7 @@ pub fn build_tar(entries: &[TarEntry]) -> Result<Vec<u8>> {
             header.set_device_major(major)?;
             header.set_device_minor(minor)?;
         }
-        set_raw(
+        overlayer::to_oci::set_name(
             &mut header.as_old_mut().name,
             "path",
             e.path.as_bytes(),
@@ -244,7 +244,7 @@ pub fn build_tar(entries: &[TarEntry]) -> Result<Vec<u8>> {
             if !matches!(e.kind, EntryType::Symlink | EntryType::Hardlink) {
                 bail!("{}: only symlinks and hardlinks have a target", e.path);
             }
-            set_raw(
+            overlayer::to_oci::set_name(
                 &mut header.as_old_mut().linkname,
                 "linkpath",
                 target.as_bytes(),
@@ -270,17 +270,6 @@ pub fn xattr_bytes(value: &str) -> Result<Vec<u8>> {
     match value.strip_prefix("hex:") {
         Some(h) => hex::decode(h).context("xattr hex value"),
         None => Ok(value.as_bytes().to_vec()),
-    }
-}
-
-fn set_raw(field: &mut [u8], pax_key: &str, value: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
-    if value.len() <= field.len() {
-        field.fill(0);
-        field[..value.len()].copy_from_slice(value);
-    } else {
-        let cut = field.len().min(value.len());
-        field.copy_from_slice(&value[..cut]);
-        pax.push((pax_key.to_string(), value.to_vec()));
     }
 }
 

@@ -548,16 +548,16 @@ fn unpack_overlay(
     let converted = overlayer::convert_into(readers, staged.path(), opts)?;
     report_notices(&converted.summary);
     let abs = std::path::absolute(out)?;
-    let mut lowers: Vec<String> = (0..converted.layers.len())
+    let top_first: Vec<String> = (0..converted.layers.len())
         .rev()
         .map(|i| abs.join(i.to_string()).display().to_string())
         .collect();
-    if lowers.len() == 1 {
-        // A read-only overlay needs two lower layers.
+    if top_first.len() == 1 {
         std::fs::create_dir(staged.path().join("empty"))?;
-        lowers.push(abs.join("empty").display().to_string());
     }
-    let mut options = format!("ro,lowerdir={}", lowers.join(":"));
+    let empty = abs.join("empty").display().to_string();
+    let lowerdir = overlayer::mount::readonly_lowerdir(top_first, &empty);
+    let mut options = format!("ro,lowerdir={lowerdir}");
     if opts.userxattr {
         options.push_str(",userxattr");
     }
@@ -577,7 +577,7 @@ fn unpack_overlay(
     let doc = serde_json::json!({
         "layers": layers,
         "order": "bottom first; lowerdir lists the top layer first",
-        "lowerdir": lowers.join(":"),
+        "lowerdir": lowerdir,
         "mount": format!("mount -t overlay overlay -o {options} MOUNTPOINT"),
         "userxattr": opts.userxattr,
         "xwhiteouts": opts.xwhiteouts,

@@ -23,6 +23,19 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// For tests that need the kernel oracle (root, overlay): true if it can
+/// run; otherwise prints `SKIPPED:` with the reason and what was skipped,
+/// so a skip is never silent.
+pub fn available_or_skip(what: &str) -> bool {
+    match unavailable() {
+        Some(reason) => {
+            eprintln!("SKIPPED: {what}: {reason}");
+            false
+        }
+        None => true,
+    }
+}
+
 /// A private tmpfs for one thread's runs. Create it with [`with_scratch`].
 pub struct Scratch {
     dir: PathBuf,
@@ -114,19 +127,14 @@ impl Scratch {
     pub fn kernel_view(&mut self, tars: &[Vec<u8>], opts: ConvertOptions) -> Result<Outcome> {
         anyhow::ensure!(self.mounted, "the kernel oracle is not available here");
         let work = self.fresh()?;
-        let layers = work.join("l");
-        let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
-        let converted = match overlayer::convert_to_new_dir(readers, &layers, opts) {
+        let converted = match convert_in(&work, tars, opts) {
             Ok(c) => c,
-            Err(e) => {
-                remove(&work);
-                return Ok(Err(e));
-            }
+            Err(e) => return Ok(Err(e)),
         };
         let merged = work.join("m");
         std::fs::create_dir(&merged)?;
         let mount = OverlayMount {
-            base: layers.clone(),
+            base: work.join("l"),
             layers: (0..converted.layers.len()).map(|i| i.to_string()).collect(),
             userxattr: opts.userxattr,
         };
@@ -197,13 +205,9 @@ impl Scratch {
     /// export or of applying an export is a finding, not an outcome.
     pub fn roundtrip_view(&mut self, tars: &[Vec<u8>], opts: ConvertOptions) -> Result<Outcome> {
         let work = self.fresh()?;
-        let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
-        let converted = match overlayer::convert_to_new_dir(readers, &work.join("l"), opts) {
+        let converted = match convert_in(&work, tars, opts) {
             Ok(c) => c,
-            Err(e) => {
-                remove(&work);
-                return Ok(Err(e));
-            }
+            Err(e) => return Ok(Err(e)),
         };
         let export_opts = overlayer::ExportOptions {
             userxattr: opts.userxattr,
@@ -249,30 +253,17 @@ impl Scratch {
     ) -> Result<WriteOutcome> {
         anyhow::ensure!(self.mounted, "the kernel oracle is not available here");
         let work = self.fresh()?;
-        let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
-        let converted = match overlayer::convert_to_new_dir(readers, &work.join("l"), opts) {
+        let converted = match convert_in(&work, tars, opts) {
             Ok(c) => c,
-            Err(e) => {
-                remove(&work);
-                return Ok(WriteOutcome::LowerRefused(e));
-            }
+            Err(e) => return Ok(WriteOutcome::LowerRefused(e)),
         };
         for d in ["u", "w", "m"] {
             std::fs::create_dir(work.join(d))?;
         }
-        let mut lowers: Vec<String> = converted
-            .layers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
-        if lowers.len() == 1 {
-            std::fs::create_dir(work.join("e"))?;
-            lowers.push(work.join("e").display().to_string());
-        }
+        // With an upper dir, one lower layer is enough.
         let mut options = format!(
             "lowerdir={},upperdir={},workdir={},redirect_dir={}",
-            lowers.join(":"),
+            converted.lowerdir(),
             work.join("u").display(),
             work.join("w").display(),
             if redirect_dir { "on" } else { "off" }
@@ -314,6 +305,17 @@ impl Scratch {
         remove(&work);
         Ok(WriteOutcome::Views { kernel, flat })
     }
+}
+
+/// Converts `tars` into `work/l`; on a refusal the work directory is
+/// removed and the library's error returned.
+fn convert_in(
+    work: &Path,
+    tars: &[Vec<u8>],
+    opts: ConvertOptions,
+) -> overlayer::Result<overlayer::Converted> {
+    let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
+    overlayer::convert_to_new_dir(readers, &work.join("l"), opts).inspect_err(|_| remove(work))
 }
 
 fn remove(dir: &Path) {

@@ -67,18 +67,8 @@ pub struct PropReport {
     pub minimal: Option<Vec<Vec<TarEntry>>>,
 }
 
-/// Checks one stack; `Err` describes the disagreement.
+/// Checks one stack with the given property; `Err` describes the disagreement.
 pub fn check_stack(
-    scratch: &mut Scratch,
-    stack: &[Vec<TarEntry>],
-    opts: ConvertOptions,
-    with_kernel: bool,
-) -> Result<Checked, String> {
-    check_stack_as(scratch, stack, opts, with_kernel, PropKind::Convert)
-}
-
-/// Checks one stack with the given property.
-pub fn check_stack_as(
     scratch: &mut Scratch,
     stack: &[Vec<TarEntry>],
     opts: ConvertOptions,
@@ -277,7 +267,7 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
             runner.run(&stacks, |stack| {
                 *count.borrow_mut() += 1;
                 progress(*count.borrow());
-                tally_check(check_stack_as(
+                tally_check(check_stack(
                     &mut scratch.borrow_mut(),
                     &stack,
                     convert,

@@ -7,16 +7,6 @@ use std::path::{Path, PathBuf};
 use overlayer::ExportOptions;
 use overlayer_harness::kernel;
 
-fn require_root() -> bool {
-    match kernel::unavailable() {
-        Some(reason) => {
-            eprintln!("SKIPPED: {reason}");
-            false
-        }
-        None => true,
-    }
-}
-
 fn xattr(path: &Path, key: &str, value: &[u8]) {
     rustix::fs::lsetxattr(path, key, value, rustix::fs::XattrFlags::empty()).unwrap();
 }
@@ -60,7 +50,7 @@ fn export(upper: &Path, lowers: &[PathBuf]) -> Vec<u8> {
 
 #[test]
 fn whiteouts_and_opaque_dirs_become_oci_markers_before_their_siblings() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -89,7 +79,7 @@ fn whiteouts_and_opaque_dirs_become_oci_markers_before_their_siblings() {
 
 #[test]
 fn new_directory_over_a_whiteout_gets_no_opaque_marker() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -103,7 +93,7 @@ fn new_directory_over_a_whiteout_gets_no_opaque_marker() {
 
 #[test]
 fn xattr_whiteouts_are_deletions_and_their_directory_is_not_opaque() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -125,7 +115,7 @@ fn xattr_whiteouts_are_deletions_and_their_directory_is_not_opaque() {
 
 #[test]
 fn export_is_deterministic_and_drops_overlay_private_xattrs() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -155,7 +145,7 @@ fn export_is_deterministic_and_drops_overlay_private_xattrs() {
 
 #[test]
 fn an_upper_written_with_redirect_dir_is_refused() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -171,7 +161,7 @@ fn an_upper_written_with_redirect_dir_is_refused() {
 
 #[test]
 fn changes_lists_added_changed_and_deleted_paths() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

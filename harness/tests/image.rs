@@ -103,8 +103,7 @@ fn a_tampered_layer_blob_is_refused_and_nothing_is_written() {
 
 #[test]
 fn unpack_overlay_writes_layer_dirs_and_the_mount_command() {
-    if let Some(reason) = overlayer_harness::kernel::unavailable() {
-        eprintln!("SKIPPED: {reason}");
+    if !overlayer_harness::kernel::available_or_skip("unpack --format overlay and its mount") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -178,8 +177,7 @@ fn check(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn check_passes_overlayers_own_unpacker_on_the_corpus() {
-    if let Some(reason) = overlayer_harness::kernel::unavailable() {
-        eprintln!("SKIPPED: {reason} (some cases need root to unpack)");
+    if !overlayer_harness::kernel::available_or_skip("some cases need root to unpack") {
         return;
     }
     let (code, out) = check(&[

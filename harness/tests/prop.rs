@@ -34,8 +34,7 @@ fn generated_stacks_agree_three_ways() {
 
 #[test]
 fn generated_stacks_survive_convert_then_export_round_trip() {
-    if let Some(reason) = kernel::unavailable() {
-        eprintln!("SKIPPED: {reason} (convert needs mknod and trusted xattrs)");
+    if !kernel::available_or_skip("convert needs mknod and trusted xattrs") {
         return;
     }
     let opts = PropOptions {
@@ -60,8 +59,7 @@ fn generated_stacks_survive_convert_then_export_round_trip() {
 
 #[test]
 fn writes_on_a_writable_overlay_export_and_apply_back_to_the_same_view() {
-    if let Some(reason) = kernel::unavailable() {
-        eprintln!("SKIPPED: {reason} (needs a writable overlay mount)");
+    if !kernel::available_or_skip("needs a writable overlay mount") {
         return;
     }
     for kind in [

@@ -477,16 +477,6 @@ fn char_device_zero_zero_entry_is_refused() {
 
 // ---- the overlay form itself ----
 
-fn require_root() -> bool {
-    match kernel::unavailable() {
-        Some(reason) => {
-            eprintln!("SKIPPED: {reason}");
-            false
-        }
-        None => true,
-    }
-}
-
 fn convert(layers: &[Vec<TarEntry>], opts: ConvertOptions) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let tars = tars(layers);
@@ -501,7 +491,7 @@ fn xattr(path: &Path, key: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn whiteout_then_recreate_is_an_opaque_directory_in_overlay_form() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let t = convert(
@@ -521,7 +511,7 @@ fn whiteout_then_recreate_is_an_opaque_directory_in_overlay_form() {
 
 #[test]
 fn userxattr_conversion_marks_user_overlay_opaque() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let layers = [
@@ -545,7 +535,7 @@ fn userxattr_conversion_marks_user_overlay_opaque() {
 
 #[test]
 fn no_whiteout_in_the_bottom_layer_or_where_nothing_is_below() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let t = convert(
@@ -565,7 +555,7 @@ fn no_whiteout_in_the_bottom_layer_or_where_nothing_is_below() {
 
 #[test]
 fn root_opaque_marker_becomes_whiteouts_of_lower_top_level_names() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     use std::os::unix::fs::FileTypeExt;
@@ -606,7 +596,7 @@ fn root_opaque_marker_becomes_whiteouts_of_lower_top_level_names() {
 
 #[test]
 fn overlay_private_xattrs_from_a_layer_are_escaped_never_live() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let mut d = dir("d/");
@@ -628,7 +618,7 @@ fn overlay_private_xattrs_from_a_layer_are_escaped_never_live() {
 
 #[test]
 fn lower_layer_hardlink_becomes_a_copy_in_overlay_form() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let t = convert(
@@ -696,7 +686,7 @@ fn failed_apply_leaves_nothing_behind() {
 
 #[test]
 fn failed_convert_leaves_nothing_behind() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -718,7 +708,7 @@ fn failed_convert_leaves_nothing_behind() {
 
 #[test]
 fn no_mount_survives_a_panic_in_the_private_namespace() {
-    if !require_root() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
