@@ -39,6 +39,15 @@ pub const OPAQUE_XWHITEOUTS: &[u8] = b"x";
 /// overlayfs.rst (6.7+): "an empty regular file with the xattr
 /// `overlay.whiteout`" is a whiteout when its parent has `opaque="x"`.
 pub const WHITEOUT_XATTR_SUFFIX: &str = "whiteout";
+/// overlayfs.rst, "Redirect dir": a directory renamed in the merged view
+/// (`redirect_dir=on`) carries `overlay.redirect`, the path of its lower
+/// directory: absolute from the root when it starts with `/`, otherwise a
+/// name in the parent's lower directory.
+pub const REDIRECT_XATTR_SUFFIX: &str = "redirect";
+/// overlayfs.rst, "Metadata only copy up": a file copied up for a metadata
+/// change only (`metacopy=on`) carries `overlay.metacopy`; its data stays
+/// in the lower file, found at the same path or at its `overlay.redirect`.
+pub const METACOPY_XATTR_SUFFIX: &str = "metacopy";
 
 /// overlayfs.rst, "Nesting overlayfs mounts": an overlay xattr stored on a
 /// layer for a nested overlay is escaped by one more `overlay.`, so

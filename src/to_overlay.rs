@@ -149,7 +149,7 @@ fn convert_layers<R: Read + Send>(
         drop(rules);
         let name = index.to_string();
         let layer_dir = out.join(&name);
-        Emitter {
+        let mut emitter = Emitter {
             tree: &mut tree,
             before: &before,
             layer: index,
@@ -159,9 +159,15 @@ fn convert_layers<R: Read + Send>(
             dirty: HashSet::new(),
             emitted_inodes: HashMap::new(),
             wrote_xwhiteouts: false,
-        }
-        .emit(&name)
-        .map_err(|f| f.at(index, "<writing overlay layer>"))?;
+            at: Vec::new(),
+        };
+        emitter.emit(&name).map_err(|f| {
+            let at = match emitter.at.join("/") {
+                p if p.is_empty() => ".".to_string(),
+                p => p,
+            };
+            f.at(index, &at)
+        })?;
         dirs.push(layer_dir);
     }
     Ok(Converted {
@@ -382,10 +388,12 @@ struct Emitter<'a> {
     emitted_inodes: HashMap<u64, RelPath>,
     /// Whether this layer holds xattr whiteouts (its root is then marked).
     wrote_xwhiteouts: bool,
+    /// The path being written, for errors.
+    at: RelPath,
 }
 
 impl Emitter<'_> {
-    fn emit(mut self, name: &str) -> Result<(), Fault> {
+    fn emit(&mut self, name: &str) -> Result<(), Fault> {
         for path in &self.tree.changed {
             let mut p = path.clone();
             while self.dirty.insert(p.clone()) && !p.is_empty() {
@@ -420,8 +428,10 @@ impl Emitter<'_> {
             .map(|(k, n)| (k.clone(), n.clone()))
             .collect();
         for (child, node) in children {
+            self.at.clone_from(&child);
             self.emit_node(fd, &child, &node, merge)?;
         }
+        self.at = path.to_vec();
         if merge == Merge::Merged {
             let gone: Vec<String> = children_of(self.before, path)
                 .filter(|(k, _)| !self.tree.nodes.contains_key(*k))
@@ -429,12 +439,14 @@ impl Emitter<'_> {
                 .collect();
             if self.opts.xwhiteouts && !gone.is_empty() {
                 for name in &gone {
+                    self.at = [path, std::slice::from_ref(name)].concat();
                     make_xwhiteout(fd, name).op("create xattr whiteout")?;
                 }
                 mark_xwhiteouts_dir(fd).op("mark directory for xattr whiteouts")?;
                 self.wrote_xwhiteouts = true;
             } else {
                 for name in gone {
+                    self.at = [path, std::slice::from_ref(&name)].concat();
                     sys::make_whiteout(fd, &name).op("mknod whiteout (needs CAP_MKNOD)")?;
                 }
             }
@@ -549,7 +561,7 @@ impl Emitter<'_> {
                     k => unreachable!("not a leaf: {k:?}"),
                 }
                 .map_err(io::Error::from)
-                .op("create node")?;
+                .op("mknod (needs CAP_MKNOD)")?;
                 rfs::chownat(
                     dir,
                     name,

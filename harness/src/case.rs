@@ -26,12 +26,54 @@ pub struct Case {
     /// Reading options the case runs with (strict mode, limits).
     #[serde(default, skip_serializing_if = "CaseOptions::is_default")]
     pub options: CaseOptions,
+    /// An upper-dir case: writes on a writable overlay over the layers, then
+    /// `export` of the upper. `expect` is then the merged view after the
+    /// writes, which the layers plus the export must also apply to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportCase>,
     pub expect: Expect,
     /// Other outcomes the spec allows, for `overlayer check` of third-party
     /// unpackers: `"refusal"` accepts an unpacker that refuses the image
     /// where overlayer gives a contained result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accept: Vec<String>,
+}
+
+/// The upper-dir part of a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportCase {
+    /// Mount with `redirect_dir=on,metacopy=on`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect: bool,
+    /// Markings to run in (`trusted`, `userxattr`, `xwhiteouts`); those the
+    /// kernel lacks are skipped. Default: trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marks: Vec<crate::replay::Mode>,
+    /// Syscalls on the merged view, in order (`rename d1 d2`; see
+    /// `WriteOp::from_str`). Failing ones are part of the case.
+    pub writes: Vec<String>,
+    /// The exported layer's entry names, in order.
+    pub entries: Vec<String>,
+    /// `overlayer changes` of the upper, as `KIND /path` lines.
+    pub changes: Vec<String>,
+}
+
+impl ExportCase {
+    pub fn ops(&self) -> Result<Vec<crate::write::WriteOp>> {
+        self.writes
+            .iter()
+            .map(|w| w.parse().map_err(anyhow::Error::msg))
+            .collect()
+    }
+
+    pub fn marks(&self) -> Vec<crate::replay::Mode> {
+        if self.marks.is_empty() {
+            vec![crate::replay::Mode::Trusted]
+        } else {
+            self.marks.clone()
+        }
+    }
 }
 
 /// A byte-level change to one built layer. (`deny_unknown_fields` does not
@@ -367,6 +409,26 @@ pub fn to_pretty_json(case: &Case) -> Result<String> {
             serde_json::to_string(&case.accept)?
         ));
     }
+    if let Some(ex) = &case.export {
+        out.push_str("  \"export\": {\n");
+        if ex.redirect {
+            out.push_str("    \"redirect\": true,\n");
+        }
+        if !ex.marks.is_empty() {
+            let marks = serde_json::to_string(&ex.marks)?;
+            out.push_str(&format!("    \"marks\": {marks},\n"));
+        }
+        for (key, list, last) in [
+            ("writes", &ex.writes, false),
+            ("entries", &ex.entries, false),
+            ("changes", &ex.changes, true),
+        ] {
+            let comma = if last { "" } else { "," };
+            let list = serde_json::to_string(list)?;
+            out.push_str(&format!("    \"{key}\": {list}{comma}\n"));
+        }
+        out.push_str("  },\n");
+    }
     match &case.expect {
         Expect::Error(e) => {
             out.push_str(&format!(
@@ -396,6 +458,13 @@ pub fn to_pretty_json(case: &Case) -> Result<String> {
         }
     }
     out.push_str("}\n");
+    // Every field must survive: a field this writer forgot would be lost
+    // from the case file on the next --record.
+    let back: Case = serde_json::from_str(&out).context("re-read the written case")?;
+    anyhow::ensure!(
+        serde_json::to_value(&back)? == serde_json::to_value(case)?,
+        "the case writer lost a field"
+    );
     Ok(out)
 }
 
@@ -417,6 +486,13 @@ mod tests {
                 ..Default::default()
             },
             accept: vec![],
+            export: Some(ExportCase {
+                redirect: true,
+                marks: vec![crate::replay::Mode::Userxattr],
+                writes: vec!["rename a b".into()],
+                entries: vec!["./".into()],
+                changes: vec!["D /a".into()],
+            }),
             layers: vec![vec![TarEntry {
                 path: "a".into(),
                 text: "x".into(),

@@ -53,6 +53,12 @@ pub fn check_case(
     if uses_user && !user_xattrs {
         return Ok(done("skip", crate::kernel::NO_USER_XATTRS.into()));
     }
+    if case.export.is_some() {
+        return Ok(done(
+            "skip",
+            "an upper-dir case: checks overlayer's export, not an unpacker".into(),
+        ));
+    }
     if case.options != crate::case::CaseOptions::default() {
         return Ok(done(
             "skip",

@@ -85,6 +85,28 @@ enum UnpackFormat {
     Overlay,
 }
 
+/// What export does with `redirect_dir` and `metacopy` uppers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RedirectsArg {
+    /// Write renamed directories in full (`.wh.OLD` plus the whole NEW
+    /// tree) and metacopy files with their lower data.
+    Materialise,
+    /// Refuse such an upper, naming the entry.
+    Refuse,
+}
+
+impl RedirectsArg {
+    fn options(self, userxattr: bool) -> ExportOptions {
+        ExportOptions {
+            userxattr,
+            redirects: match self {
+                RedirectsArg::Materialise => overlayer::Redirects::Materialise,
+                RedirectsArg::Refuse => overlayer::Redirects::Refuse,
+            },
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Apply layers (bottom first) into a new flat rootfs directory.
@@ -196,6 +218,9 @@ enum Command {
     /// where the directory exists in the lower layers); overlay-private
     /// xattrs are dropped, all others kept; the output is deterministic
     /// (sorted, stable headers). OUT ending in .gz or .zst is compressed.
+    /// An upper written with redirect_dir or metacopy keeps content in the
+    /// lower layers under other names: by default it is materialised from
+    /// the lower layers given, which must be the ones it was mounted with.
     Export {
         upper: PathBuf,
         /// Lower layer directories (overlay-native), bottom first.
@@ -206,6 +231,9 @@ enum Command {
         /// The upper uses user.overlay.* markers (-o userxattr).
         #[arg(long)]
         userxattr: bool,
+        /// Renamed directories (redirect_dir) and metacopy files.
+        #[arg(long, value_enum, default_value = "materialise")]
+        redirects: RedirectsArg,
     },
     /// What an upper directory adds (A), changes (C) and deletes (D) over
     /// its lower layers, like `docker diff`.
@@ -216,6 +244,9 @@ enum Command {
         lowers: Vec<PathBuf>,
         #[arg(long)]
         userxattr: bool,
+        /// Renamed directories (redirect_dir) and metacopy files.
+        #[arg(long, value_enum, default_value = "materialise")]
+        redirects: RedirectsArg,
         #[arg(long)]
         json: bool,
     },
@@ -311,10 +342,27 @@ pub fn main() -> ExitCode {
                 eprintln!("overlayer: cancelled; nothing was left behind");
                 return ExitCode::from(130);
             }
-            eprintln!("overlayer: error: {e:#}");
+            eprintln!("overlayer: error: {}", error_text(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error's chain, `: `-joined; a cause already shown at the end of its
+/// context (library errors print their source) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn open_layers(paths: &[PathBuf]) -> Result<Vec<File>> {
@@ -430,15 +478,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             lowers,
             out,
             userxattr,
+            redirects,
         } => {
-            let s = overlayer::export_to_file(&upper, &lowers, &out, ExportOptions { userxattr })
+            let opts = redirects.options(userxattr);
+            let s = overlayer::export_to_file(&upper, &lowers, &out, opts)
                 .with_context(|| format!("export {}", upper.display()))?;
             eprintln!(
-                "{}: {} entries, {} whiteouts, {} opaque directories",
+                "{}: {} entries, {} whiteouts, {} opaque directories, {} renamed directories \
+                 and {} metacopy files materialised",
                 out.display(),
                 s.entries,
                 s.whiteouts,
-                s.opaque_dirs
+                s.opaque_dirs,
+                s.redirected_dirs,
+                s.metacopy_files
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -446,9 +499,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             upper,
             lowers,
             userxattr,
+            redirects,
             json,
         } => {
-            let changes = overlayer::changes(&upper, &lowers, ExportOptions { userxattr })
+            let changes = overlayer::changes(&upper, &lowers, redirects.options(userxattr))
                 .with_context(|| format!("changes of {}", upper.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&changes)?);
@@ -648,8 +702,7 @@ fn replay_cmd(
         let mut results = Vec::new();
         for file in &cases {
             if record {
-                let mut updated = file.case.clone();
-                updated.expect = replay::record(scratch, &file.case)?;
+                let updated = replay::record(scratch, &file.case)?;
                 std::fs::write(&file.path, case::to_pretty_json(&updated)?)
                     .with_context(|| format!("write {}", file.path.display()))?;
                 let mut file = file.clone();
@@ -856,6 +909,12 @@ fn prop_cmd(opts: PropOptions, save: Option<PathBuf>, json: Option<PathBuf>) -> 
         report.seconds,
         report.stacks_per_second
     );
+    if report.renamed_dirs + report.metacopy_files > 0 {
+        println!(
+            "export materialised {} renamed directories and {} metacopy files",
+            report.renamed_dirs, report.metacopy_files
+        );
+    }
     if !report.refused.is_empty() {
         let parts: Vec<String> = report
             .refused

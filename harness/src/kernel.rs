@@ -209,8 +209,10 @@ impl Scratch {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
+        // A converted layer never has renamed directories or metacopy files.
         let export_opts = overlayer::ExportOptions {
             userxattr: opts.userxattr,
+            redirects: overlayer::Redirects::Refuse,
         };
         let mut exported = Vec::new();
         for (i, layer) in converted.layers.iter().enumerate() {
@@ -233,22 +235,29 @@ impl Scratch {
 pub enum WriteOutcome {
     /// The lower stack itself was refused by convert.
     LowerRefused(overlayer::Error),
-    /// Export refused the upper (redirect_dir or metacopy), with the reason.
-    ExportRefused(String),
-    /// The kernel's merged view after the writes, and the flat view of the
-    /// lower layers plus the exported upper.
-    Views { kernel: View, flat: View },
+    /// The kernel's merged view after the writes, the flat view of the
+    /// lower layers plus the exported upper, and what export wrote.
+    Views {
+        kernel: View,
+        flat: View,
+        export: overlayer::ExportSummary,
+        /// The exported layer, and `changes` of the upper.
+        layer: Vec<u8>,
+        changes: Vec<overlayer::Change>,
+    },
 }
 
 impl Scratch {
     /// Converts `tars`, mounts them writable (upper and work dirs on this
-    /// tmpfs, `redirect_dir` on or off), runs `ops`, captures the merged
-    /// view, unmounts, exports the upper and applies lowers + export.
+    /// tmpfs; `redirect` turns `redirect_dir` and `metacopy` on), runs
+    /// `ops`, captures the merged view, unmounts, exports the upper
+    /// (materialising renamed directories and metacopy files) and applies
+    /// lowers + export.
     pub fn write_view(
         &mut self,
         tars: &[Vec<u8>],
         ops: &[crate::write::WriteOp],
-        redirect_dir: bool,
+        redirect: bool,
         opts: ConvertOptions,
     ) -> Result<WriteOutcome> {
         anyhow::ensure!(self.mounted, "the kernel oracle is not available here");
@@ -262,11 +271,20 @@ impl Scratch {
         }
         // With an upper dir, one lower layer is enough.
         let mut options = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir={}",
+            "lowerdir={},upperdir={},workdir={}{}",
             converted.lowerdir(),
             work.join("u").display(),
             work.join("w").display(),
-            if redirect_dir { "on" } else { "off" }
+            match (redirect, opts.userxattr) {
+                (true, _) => ",redirect_dir=on,metacopy=on",
+                (false, false) => ",redirect_dir=off,metacopy=off",
+                // userxattr implies redirect_dir=nofollow and refuses "off".
+                (false, true) => "",
+            }
+        );
+        anyhow::ensure!(
+            !(redirect && opts.userxattr),
+            "the kernel refuses redirect_dir and metacopy with userxattr"
         );
         if opts.userxattr {
             options.push_str(",userxattr");
@@ -281,21 +299,25 @@ impl Scratch {
         let mut exported = Vec::new();
         let export_opts = overlayer::ExportOptions {
             userxattr: opts.userxattr,
+            redirects: overlayer::Redirects::Materialise,
         };
-        if let Err(e) = overlayer::export(
+        let export = overlayer::export(
             &work.join("u"),
             &converted.layers,
             &mut exported,
             export_opts,
-        ) {
-            let msg = e.to_string();
-            remove(&work);
-            anyhow::ensure!(
-                redirect_dir && (msg.contains("redirect_dir") || msg.contains("metacopy")),
-                "export of the upper failed: {msg}"
-            );
-            return Ok(WriteOutcome::ExportRefused(msg));
-        }
+        );
+        let export = export.and_then(|summary| {
+            let changes = overlayer::changes(&work.join("u"), &converted.layers, export_opts)?;
+            Ok((summary, changes))
+        });
+        let (export, changes) = match export {
+            Ok(done) => done,
+            Err(e) => {
+                remove(&work);
+                anyhow::bail!("export of the upper failed: {e}");
+            }
+        };
         let mut layers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
         layers.push(&exported);
         let out = work.join("r");
@@ -303,7 +325,13 @@ impl Scratch {
             .context("apply of the lower layers plus the exported upper")?;
         let flat = tree::capture(&out)?;
         remove(&work);
-        Ok(WriteOutcome::Views { kernel, flat })
+        Ok(WriteOutcome::Views {
+            kernel,
+            flat,
+            export,
+            layer: exported,
+            changes,
+        })
     }
 }
 

@@ -42,8 +42,8 @@ pub enum PropKind {
     /// Generated writes on a writable overlay (redirect_dir=off), then
     /// apply(stack + export(upper)) = the kernel's merged view.
     Write,
-    /// The same with redirect_dir=on: renamed lower directories make export
-    /// refuse with a clear error, which counts as refused, never as passed.
+    /// The same with redirect_dir=on and metacopy=on: renamed lower
+    /// directories and metadata-only copy-ups, materialised by export.
     WriteRedirect,
 }
 
@@ -58,6 +58,10 @@ pub struct PropReport {
     pub mounted: u64,
     /// Stacks that every side refused with the same error, by rule.
     pub refused: std::collections::BTreeMap<String, u64>,
+    /// Write path: renamed directories and metacopy files that export
+    /// materialised from the lower layers, over all stacks.
+    pub renamed_dirs: u64,
+    pub metacopy_files: u64,
     pub seconds: f64,
     pub stacks_per_second: f64,
     pub seed: u64,
@@ -117,6 +121,9 @@ pub enum Checked {
     Applied,
     /// The kernel's merged view agreed too.
     Mounted,
+    /// Write path: the kernel's view after the writes agreed with the
+    /// export applied; with what export materialised.
+    Written(overlayer::ExportSummary),
 }
 
 fn agree(
@@ -177,11 +184,15 @@ pub fn check_write(
         WriteOutcome::LowerRefused(e) => {
             Err(format!("the model accepts the stack, convert refuses: {e}"))
         }
-        WriteOutcome::ExportRefused(_) => Ok(Checked::Refused("export-refuses-redirect".into())),
-        WriteOutcome::Views { kernel, flat } => {
+        WriteOutcome::Views {
+            kernel,
+            flat,
+            export,
+            ..
+        } => {
             let cmp = known::compare(&kernel, &flat);
             if cmp.same() {
-                Ok(Checked::Mounted)
+                Ok(Checked::Written(export))
             } else {
                 let shown: Vec<String> = cmp
                     .differences
@@ -213,6 +224,7 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     let scratch = RefCell::new(scratch);
     let count = RefCell::new(0u64);
     let tally = RefCell::new((0u64, std::collections::BTreeMap::new()));
+    let materialised = RefCell::new((0u64, 0u64));
     // Stacks that passed before the first failure (shrinking re-runs excluded).
     let passed = RefCell::new(0u32);
     let failing = RefCell::new(false);
@@ -234,6 +246,12 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
         let mut t = tally.borrow_mut();
         match checked {
             Checked::Mounted => t.0 += 1,
+            Checked::Written(summary) => {
+                t.0 += 1;
+                let mut m = materialised.borrow_mut();
+                m.0 += summary.redirected_dirs;
+                m.1 += summary.metacopy_files;
+            }
             Checked::Refused(rule) => *t.1.entry(rule).or_insert(0) += 1,
             Checked::Applied => {}
         }
@@ -243,7 +261,7 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     let (result, write_ops) = match opts.kind {
         PropKind::Write | PropKind::WriteRedirect => {
             let redirect = opts.kind == PropKind::WriteRedirect;
-            let r = runner.run(&(stacks, crate::write::ops()), |(stack, ops)| {
+            let r = runner.run(&(stacks, crate::write::ops(redirect)), |(stack, ops)| {
                 *count.borrow_mut() += 1;
                 progress(*count.borrow());
                 tally_check(check_write(
@@ -292,6 +310,7 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     };
     let checked = *count.borrow() as u32;
     let (mounted, refused) = tally.borrow().clone();
+    let (renamed_dirs, metacopy_files) = *materialised.borrow();
     let passed_count = *passed.borrow();
     PropReport {
         cases: opts.cases,
@@ -300,6 +319,8 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
         kernel: opts.kernel && scratch.borrow().can_mount(),
         mounted,
         refused,
+        renamed_dirs,
+        metacopy_files,
         seconds,
         stacks_per_second: checked as f64 / seconds.max(1e-9),
         seed: opts.seed,
@@ -320,6 +341,7 @@ pub fn as_case(stack: &[Vec<TarEntry>], failure: &str, seed: u64) -> Case {
         layers: stack.to_vec(),
         transform: vec![],
         options: Default::default(),
+        export: None,
         accept: vec![],
         expect,
     }

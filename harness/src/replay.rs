@@ -9,7 +9,7 @@ use overlayer::{ConvertOptions, Limits, ReadOptions};
 use serde::Serialize;
 
 use crate::case::{Case, CaseFile, CaseOptions, Expect, ExpectedError};
-use crate::kernel::{Outcome, Scratch};
+use crate::kernel::{Outcome, Scratch, WriteOutcome};
 use crate::known;
 
 /// The verdict of one side (apply or kernel) of one case.
@@ -41,7 +41,7 @@ pub struct CaseResult {
 }
 
 /// How converted layers are marked for the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// `trusted.overlay.*` markers, char device whiteouts.
@@ -107,6 +107,15 @@ const SUPPORTED_FEATURES: &[&str] = &["userxattr"];
 pub fn run_case(scratch: &mut Scratch, file: &CaseFile, modes: &[Mode]) -> Result<CaseResult> {
     let start = Instant::now();
     let case = &file.case;
+    if let Some(ex) = &case.export {
+        let (apply, kernel) = run_export_case(scratch, case, ex)?;
+        return Ok(CaseResult {
+            name: file.name.clone(),
+            apply,
+            kernel,
+            ms: start.elapsed().as_secs_f64() * 1e3,
+        });
+    }
     let tars = case.layer_bytes()?;
     if uses_user_xattrs(case) && !scratch.user_xattrs() {
         let skip = Verdict::Skip(crate::kernel::NO_USER_XATTRS.into());
@@ -147,6 +156,100 @@ pub fn run_case(scratch: &mut Scratch, file: &CaseFile, modes: &[Mode]) -> Resul
         kernel,
         ms: start.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// An upper-dir case, in each of its markings: the kernel side is the merged
+/// view after the writes; the apply side is the layers plus the exported
+/// upper, the exported entry names and `changes`.
+fn run_export_case(
+    scratch: &mut Scratch,
+    case: &Case,
+    ex: &crate::case::ExportCase,
+) -> Result<(Verdict, Verdict)> {
+    if !scratch.can_mount() {
+        let why = crate::kernel::unavailable().unwrap_or_else(|| "cannot mount".into());
+        let skip = Verdict::Skip(format!("needs a writable overlay mount: {why}"));
+        return Ok((skip.clone(), skip));
+    }
+    let tars = case.layer_bytes()?;
+    let ops = ex.ops()?;
+    let mut ran = Vec::new();
+    let mut skipped = Vec::new();
+    for mode in ex.marks() {
+        if let Some(why) = mode.unavailable(scratch) {
+            skipped.push(format!("{mode:?}: {why}"));
+            continue;
+        }
+        let opts = mode.convert_options(read_options(&case.options));
+        let fail = |d: String| Verdict::Fail(format!("{mode:?}: {d}"));
+        match scratch.write_view(&tars, &ops, ex.redirect, opts)? {
+            WriteOutcome::LowerRefused(e) => {
+                let v = fail(format!("convert refused the layers: {e}"));
+                return Ok((v.clone(), v));
+            }
+            WriteOutcome::Views {
+                kernel,
+                flat,
+                layer,
+                changes,
+                ..
+            } => {
+                let mut apply = judge(case, &Ok(without_mtimes(flat)), Side::Flat);
+                let entries = layer_entries(&layer)?;
+                if apply == Verdict::Pass && entries != ex.entries {
+                    apply = Verdict::Fail(format!("exported entries: {entries:?}"));
+                }
+                let lines = change_lines(&changes);
+                if apply == Verdict::Pass && lines != ex.changes {
+                    apply = Verdict::Fail(format!("changes: {lines:?}"));
+                }
+                let kernel = judge(case, &Ok(without_mtimes(kernel)), Side::Kernel);
+                if apply != Verdict::Pass || kernel != Verdict::Pass {
+                    return Ok((tagged(apply, mode), tagged(kernel, mode)));
+                }
+                ran.push(mode);
+            }
+        }
+    }
+    if ran.is_empty() {
+        let skip = Verdict::Skip(skipped.join("; "));
+        return Ok((skip.clone(), skip));
+    }
+    Ok((Verdict::Pass, Verdict::Pass))
+}
+
+/// Upper-dir cases write files now: their times differ from run to run.
+/// (That export keeps times is checked by `prop --mode write`, which
+/// compares the two sides of one run.)
+fn without_mtimes(mut view: overlayer::tree::View) -> overlayer::tree::View {
+    for node in view.nodes.values_mut() {
+        node.mtime = None;
+    }
+    view
+}
+
+fn tagged(v: Verdict, mode: Mode) -> Verdict {
+    match v {
+        Verdict::Fail(d) => Verdict::Fail(format!("{mode:?}: {d}")),
+        v => v,
+    }
+}
+
+/// The entry names of a layer tar, in order.
+pub fn layer_entries(layer: &[u8]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in tar::Archive::new(layer).entries()? {
+        let entry = entry?;
+        names.push(String::from_utf8_lossy(&entry.path_bytes()).into_owned());
+    }
+    Ok(names)
+}
+
+fn change_lines(changes: &[overlayer::Change]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| format!("{} {}", c.kind, c.path))
+        .collect()
 }
 
 /// The library's reading options for a case's `options`.
@@ -277,15 +380,38 @@ pub fn matches_error(want: &ExpectedError, error: &overlayer::Error) -> bool {
 }
 
 /// Records the expected outcome of a case from the kernel (trusted mode), or the error.
-pub fn record(scratch: &mut Scratch, case: &Case) -> Result<Expect> {
+pub fn record(scratch: &mut Scratch, case: &Case) -> Result<Case> {
     anyhow::ensure!(
         scratch.can_mount(),
         "recording needs the kernel oracle: {}",
         crate::kernel::unavailable().unwrap_or_default()
     );
     let tars = case.layer_bytes()?;
+    let mut updated = case.clone();
+    if let Some(ex) = &mut updated.export {
+        let opts = ex.marks()[0].convert_options(read_options(&case.options));
+        match scratch.write_view(&tars, &ex.ops()?, ex.redirect, opts)? {
+            WriteOutcome::LowerRefused(e) => anyhow::bail!("convert refused the layers: {e}"),
+            WriteOutcome::Views {
+                kernel,
+                layer,
+                changes,
+                ..
+            } => {
+                ex.entries = layer_entries(&layer)?;
+                ex.changes = change_lines(&changes);
+                updated.expect = Expect::View(without_mtimes(kernel));
+            }
+        }
+        return Ok(updated);
+    }
+    updated.expect = record_expect(scratch, case, &tars)?;
+    Ok(updated)
+}
+
+fn record_expect(scratch: &mut Scratch, case: &Case, tars: &[Vec<u8>]) -> Result<Expect> {
     let merged = scratch.kernel_view(
-        &tars,
+        tars,
         Mode::Trusted.convert_options(read_options(&case.options)),
     )?;
     Ok(match merged {

@@ -14,7 +14,8 @@ use std::path::Path;
 use proptest::prelude::*;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags};
 
-/// One syscall-level operation on the merged view.
+/// One syscall-level operation on the merged view. Case files write them
+/// as text, e.g. `rename d1 d2` (see [`WriteOp::from_str`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
     Create(String, String),
@@ -31,23 +32,55 @@ pub enum WriteOp {
     Hardlink(String, String),
 }
 
+impl std::str::FromStr for WriteOp {
+    type Err = String;
+
+    /// `create PATH TEXT`, `append PATH TEXT`, `truncate PATH`, `chmod PATH
+    /// OCTAL`, `chown PATH ID` (uid and gid), `setxattr PATH VALUE`
+    /// (`user.w`), `unlink PATH`, `rm-r PATH`, `rename FROM TO`, `mkdir
+    /// PATH`, `symlink TARGET PATH`, `hardlink EXISTING NEW`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+        let bad = || format!("cannot read the write {text:?}");
+        let number = |w: &str, radix| u32::from_str_radix(w, radix).map_err(|_| bad());
+        Ok(match words.as_slice() {
+            [op, p, t] if op == "create" => WriteOp::Create(p.clone(), t.clone()),
+            [op, p, t] if op == "append" => WriteOp::Append(p.clone(), t.clone()),
+            [op, p] if op == "truncate" => WriteOp::Truncate(p.clone()),
+            [op, p, m] if op == "chmod" => WriteOp::Chmod(p.clone(), number(m, 8)?),
+            [op, p, id] if op == "chown" => WriteOp::Chown(p.clone(), number(id, 10)?),
+            [op, p, v] if op == "setxattr" => WriteOp::SetXattr(p.clone(), v.clone()),
+            [op, p] if op == "unlink" => WriteOp::Unlink(p.clone()),
+            [op, p] if op == "rm-r" => WriteOp::RemoveTree(p.clone()),
+            [op, a, b] if op == "rename" => WriteOp::Rename(a.clone(), b.clone()),
+            [op, p] if op == "mkdir" => WriteOp::Mkdir(p.clone()),
+            [op, t, p] if op == "symlink" => WriteOp::Symlink(t.clone(), p.clone()),
+            [op, a, b] if op == "hardlink" => WriteOp::Hardlink(a.clone(), b.clone()),
+            _ => return Err(bad()),
+        })
+    }
+}
+
 fn path() -> impl Strategy<Value = String> {
     prop::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..=3)
         .prop_map(|p| p.join("/"))
 }
 
-/// A sequence of up to 10 operations.
-pub fn ops() -> impl Strategy<Value = Vec<WriteOp>> {
+/// A sequence of up to 10 operations. `redirect`: for a mount with
+/// `redirect_dir` and `metacopy` on, renames and metadata changes (what
+/// makes renamed directories and metacopy files) are made more likely.
+pub fn ops(redirect: bool) -> impl Strategy<Value = Vec<WriteOp>> {
+    let (rename, meta) = if redirect { (6, 3) } else { (2, 1) };
     let op = prop_oneof![
         3 => (path(), prop_oneof![Just("x"), Just("yy")]).prop_map(|(p, t)| WriteOp::Create(p, t.into())),
         1 => path().prop_map(|p| WriteOp::Append(p, "+".into())),
         1 => path().prop_map(WriteOp::Truncate),
-        1 => (path(), prop_oneof![Just(0o600u32), Just(0o755), Just(0o4755)]).prop_map(|(p, m)| WriteOp::Chmod(p, m)),
-        1 => (path(), prop_oneof![Just(0u32), Just(1000)]).prop_map(|(p, u)| WriteOp::Chown(p, u)),
+        meta => (path(), prop_oneof![Just(0o600u32), Just(0o755), Just(0o4755)]).prop_map(|(p, m)| WriteOp::Chmod(p, m)),
+        meta => (path(), prop_oneof![Just(0u32), Just(1000)]).prop_map(|(p, u)| WriteOp::Chown(p, u)),
         1 => (path(), prop_oneof![Just("1"), Just("2")]).prop_map(|(p, v)| WriteOp::SetXattr(p, v.into())),
         2 => path().prop_map(WriteOp::Unlink),
         2 => path().prop_map(WriteOp::RemoveTree),
-        2 => (path(), path()).prop_map(|(a, b)| WriteOp::Rename(a, b)),
+        rename => (path(), path()).prop_map(|(a, b)| WriteOp::Rename(a, b)),
         2 => path().prop_map(WriteOp::Mkdir),
         1 => (prop_oneof![Just("a"), Just("/b"), Just("../c")], path()).prop_map(|(t, p)| WriteOp::Symlink(t.into(), p)),
         1 => (path(), path()).prop_map(|(a, b)| WriteOp::Hardlink(a, b)),

@@ -143,20 +143,143 @@ fn export_is_deterministic_and_drops_overlay_private_xattrs() {
     }
 }
 
+/// An upper as the kernel writes it with redirect_dir=on and metacopy=on
+/// over `lower()`: `mv bin b2; echo > b2/new; rm b2/a`, `rm -r var;
+/// mv b2/tools var`, `chmod 600 etc/passwd`.
+fn redirected_upper(root: &Path) -> PathBuf {
+    let up = root.join("upper");
+    std::fs::create_dir_all(up.join("b2")).unwrap();
+    whiteout(&up.join("bin"));
+    xattr(&up.join("b2"), "trusted.overlay.redirect", b"bin");
+    std::fs::write(up.join("b2/new"), "new").unwrap();
+    whiteout(&up.join("b2/a"));
+    whiteout(&up.join("b2/tools"));
+    std::fs::create_dir(up.join("var")).unwrap();
+    xattr(&up.join("var"), "trusted.overlay.redirect", b"/bin/tools");
+    std::fs::create_dir(up.join("etc")).unwrap();
+    std::fs::File::create(up.join("etc/passwd"))
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    xattr(&up.join("etc/passwd"), "trusted.overlay.metacopy", b"");
+    std::fs::set_permissions(
+        up.join("etc/passwd"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    up
+}
+
 #[test]
-fn an_upper_written_with_redirect_dir_is_refused() {
+fn renamed_directories_and_metacopy_files_are_materialised_from_the_lowers() {
     if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let lower = lower(tmp.path());
-    let up = tmp.path().join("upper");
-    std::fs::create_dir_all(up.join("moved")).unwrap();
-    xattr(&up.join("moved"), "trusted.overlay.redirect", b"/var");
-    let err = overlayer::export(&up, &[lower], &mut Vec::new(), ExportOptions::default())
+    let up = redirected_upper(tmp.path());
+    let mut out = Vec::new();
+    let summary = overlayer::export(
+        &up,
+        std::slice::from_ref(&lower),
+        &mut out,
+        ExportOptions::default(),
+    )
+    .unwrap();
+    assert_eq!((summary.redirected_dirs, summary.metacopy_files), (2, 1));
+    assert_eq!(
+        entries(&out),
+        [
+            "./",
+            ".wh.bin",
+            "b2/",
+            "b2/new",
+            "etc/",
+            "etc/passwd",
+            "var/",
+            "var/.wh..wh..opq",
+            "var/t",
+        ],
+        "renamed dirs in full, without their whiteouts (b2 has no lower of its own; \
+         var does, so it is opaque)"
+    );
+    let mut archive = tar::Archive::new(&out[..]);
+    let passwd = archive
+        .entries()
+        .unwrap()
+        .map(Result::unwrap)
+        .find(|e| e.path().unwrap().to_str() == Some("etc/passwd"))
+        .map(|mut e| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+            (e.header().mode().unwrap(), text)
+        })
+        .unwrap();
+    assert_eq!(
+        passwd,
+        (0o600, "etc/passwd".to_string()),
+        "upper mode, lower data"
+    );
+    let changes: Vec<String> = overlayer::changes(&up, &[lower], ExportOptions::default())
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {}", c.kind, c.path))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            "A /b2",
+            "A /b2/new",
+            "D /bin",
+            "C /etc",
+            "C /etc/passwd",
+            "C /var",
+            "A /var/t",
+            "D /var/x",
+        ]
+    );
+}
+
+#[test]
+fn redirects_refuse_names_the_renamed_directory() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = lower(tmp.path());
+    let up = redirected_upper(tmp.path());
+    let opts = ExportOptions {
+        redirects: overlayer::Redirects::Refuse,
+        ..Default::default()
+    };
+    let err = overlayer::export(&up, &[lower], &mut Vec::new(), opts)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("redirect_dir"), "{err}");
+    assert!(err.contains("b2") && err.contains("redirect_dir"), "{err}");
+}
+
+#[test]
+fn an_invalid_redirect_is_refused_not_followed() {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = lower(tmp.path());
+    for bad in [&b"../../etc"[..], b"/bin/../../x", b"a/b"] {
+        let up = tmp.path().join("bad-upper");
+        let _ = std::fs::remove_dir_all(&up);
+        std::fs::create_dir_all(up.join("d")).unwrap();
+        xattr(&up.join("d"), "trusted.overlay.redirect", bad);
+        let err = overlayer::export(
+            &up,
+            std::slice::from_ref(&lower),
+            &mut Vec::new(),
+            Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("invalid overlay.redirect"), "{err}");
+    }
 }
 
 #[test]

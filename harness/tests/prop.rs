@@ -87,5 +87,13 @@ fn writes_on_a_writable_overlay_export_and_apply_back_to_the_same_view() {
             report.mounted > 0,
             "{kind:?}: no stack reached the comparison"
         );
+        if kind == overlayer_harness::prop::PropKind::WriteRedirect {
+            assert!(
+                report.renamed_dirs > 0 && report.metacopy_files > 0,
+                "no renamed directory or metacopy file was materialised: {} and {}",
+                report.renamed_dirs,
+                report.metacopy_files
+            );
+        }
     }
 }

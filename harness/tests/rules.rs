@@ -728,3 +728,79 @@ fn no_mount_survives_a_panic_in_the_private_namespace() {
         "mount leaked"
     );
 }
+
+/// Catalogue scenario 45: without CAP_MKNOD. Linux 5.8+ lets anyone create
+/// the whiteout device 0/0, so conversion still works; any other device
+/// entry fails with an error naming its layer and entry, and nothing is
+/// left behind. Runs the binary under `setpriv --bounding-set -mknod`.
+#[test]
+fn without_cap_mknod_convert_names_the_whiteout_and_xwhiteouts_need_none() {
+    if !kernel::available_or_skip("needs root to drop a capability and write trusted xattrs") {
+        return;
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: needs setpriv (util-linux)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut null = TarEntry {
+        path: "dev/null".into(),
+        kind: EntryType::Char,
+        rdev: Some([1, 3]),
+        ..Default::default()
+    };
+    null.mode = Some("0666".into());
+    let stacks = [
+        (
+            "whiteouts",
+            vec![vec![file("d/a", "a")], vec![marker("d/.wh.a")]],
+        ),
+        ("device", vec![vec![file("d/a", "a")], vec![null]]),
+    ];
+    let run = |name: &str, stack: &[Vec<TarEntry>], extra: &[&str]| {
+        let mut args: Vec<String> = vec![];
+        for (i, t) in tars(stack).iter().enumerate() {
+            let p = tmp.path().join(format!("{name}-{i}.tar"));
+            std::fs::write(&p, t).unwrap();
+            args.push(p.display().to_string());
+        }
+        let out = tmp.path().join(format!("{name}-out{}", extra.len()));
+        let o = std::process::Command::new("setpriv")
+            .args([
+                "--bounding-set",
+                "-mknod",
+                env!("CARGO_BIN_EXE_overlayer"),
+                "convert",
+            ])
+            .args(&args)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            out,
+        )
+    };
+    for extra in [&[][..], &["--xwhiteouts"][..]] {
+        let (code, err, out) = run("whiteouts", &stacks[0].1, extra);
+        assert_eq!(code, Some(0), "{extra:?}: {err}");
+        assert!(
+            overlayer::lower::is_whiteout(&out.join("1/d/a"), false),
+            "{extra:?}: layer 1 must hold a whiteout of d/a"
+        );
+    }
+    let (code, err, out) = run("device", &stacks[1].1, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("layer 1") && err.contains("dev/null") && err.contains("CAP_MKNOD"),
+        "the error must name the layer, the entry and the privilege: {err}"
+    );
+    assert!(!out.exists(), "a failed convert left {}", out.display());
+}
