@@ -110,12 +110,13 @@ pub fn step_args(
         "probe" => vec!["probe".into(), "--json".into()],
         "replay" => vec!["replay".into(), cases.into(), "--json".into(), json.into()],
         "prop" => prop("convert", opts.prop_cases),
-        "roundtrip" => prop("roundtrip", opts.roundtrip_cases),
+        "roundtrip" | "write" | "write-redirect" => prop(step, opts.roundtrip_cases),
         _ => return None,
     })
 }
 
-/// Run the steps (probe, replay, prop, roundtrip) with the host kernel.
+/// Run the steps (probe, replay, prop, roundtrip, write, write-redirect)
+/// with the host kernel.
 pub fn run(
     overlayer: &Path,
     cases: &Path,

@@ -9,10 +9,11 @@
 # Settings come from the kernel command line, which the kernel hands to init
 # as environment variables:
 #   OVL_PROP_CASES       generated stacks for `overlayer prop` (set by the host)
-#   OVL_ROUNDTRIP_CASES  generated stacks for `overlayer prop --mode roundtrip`
+#   OVL_ROUNDTRIP_CASES  generated stacks for `overlayer prop --mode roundtrip`,
+#                        and for each of `--mode write` and `--mode write-redirect`
 #   OVL_SEED             seed for both (set by the host)
 #   OVL_STEPS            comma-separated steps to run
-#                        (default probe,replay,prop,roundtrip)
+#                        (default probe,replay,prop,roundtrip,write,write-redirect)
 #   OVL_SHELL=1          drop into busybox sh on the console instead of the steps
 
 /bin/busybox --install -s
@@ -71,6 +72,8 @@ if [ "$OVL_SHELL" = 1 ]; then
     say "  overlayer replay /cases --json /tmp/replay.json"
     say "  overlayer prop --cases ${OVL_PROP_CASES:-300} --seed ${OVL_SEED:-1} --json /tmp/prop.json"
     say "  overlayer prop --mode roundtrip --cases ${OVL_ROUNDTRIP_CASES:-300} --seed ${OVL_SEED:-1} --json /tmp/roundtrip.json"
+    say "  overlayer prop --mode write --cases ${OVL_ROUNDTRIP_CASES:-300} --seed ${OVL_SEED:-1} --json /tmp/write.json"
+    say "  overlayer prop --mode write-redirect --cases ${OVL_ROUNDTRIP_CASES:-300} --seed ${OVL_SEED:-1} --json /tmp/write-redirect.json"
     say "exit the shell (or Ctrl-A X) to power off"
     setsid cttyhack sh -l
     finish
@@ -108,7 +111,7 @@ run_step() {
     say "$step exited with $rc after $(awk "BEGIN { print $t1 - $t0 }") s"
 }
 
-for step in $(echo "${OVL_STEPS:-probe,replay,prop,roundtrip}" | tr , " "); do
+for step in $(echo "${OVL_STEPS:-probe,replay,prop,roundtrip,write,write-redirect}" | tr , " "); do
     case $step in
     probe)
         run_step probe "" overlayer probe --json
@@ -133,6 +136,17 @@ for step in $(echo "${OVL_STEPS:-probe,replay,prop,roundtrip}" | tr , " "); do
                 --json /tmp/roundtrip.json
         else
             frame skip "{\"step\":\"roundtrip\",\"reason\":\"overlay filesystem not available in this kernel\"}"
+        fi
+        ;;
+    write | write-redirect)
+        # A writable overlay (upper and work on tmpfs), generated writes,
+        # export of the upper; write-redirect with redirect_dir and metacopy.
+        if [ "$overlay" = true ]; then
+            run_step "$step" "/tmp/$step.json" overlayer prop --mode "$step" \
+                --cases "${OVL_ROUNDTRIP_CASES:-300}" --seed "${OVL_SEED:-1}" \
+                --json "/tmp/$step.json"
+        else
+            frame skip "{\"step\":\"$step\",\"reason\":\"overlay filesystem not available in this kernel\"}"
         fi
         ;;
     *)

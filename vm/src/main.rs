@@ -51,10 +51,17 @@ pub const DEFAULT_PROP_CASES: u64 = 3000;
 pub const DEFAULT_ROUNDTRIP_CASES: u64 = 1000;
 
 /// The steps a guest (and the host) can run, in their default order.
-pub const STEPS: [&str; 4] = ["probe", "replay", "prop", "roundtrip"];
+pub const STEPS: [&str; 6] = [
+    "probe",
+    "replay",
+    "prop",
+    "roundtrip",
+    "write",
+    "write-redirect",
+];
 
 /// Default `VM_STEPS`: all of them.
-pub const DEFAULT_STEPS: &str = "probe,replay,prop,roundtrip";
+pub const DEFAULT_STEPS: &str = "probe,replay,prop,roundtrip,write,write-redirect";
 
 /// Default per-boot timeout: 90 s for boot, modules and replay, plus 50 ms
 /// per generated stack of the prop and roundtrip steps that run (TCG ran
@@ -70,7 +77,8 @@ pub fn stacks_to_run(steps: &[String], prop_cases: u64, roundtrip_cases: u64) ->
         .iter()
         .map(|s| match s.as_str() {
             "prop" => prop_cases,
-            "roundtrip" => roundtrip_cases,
+            // The write steps run as many stacks as roundtrip.
+            "roundtrip" | "write" | "write-redirect" => roundtrip_cases,
             _ => 0,
         })
         .sum()
@@ -99,7 +107,8 @@ struct Args {
     /// Generated stacks for `overlayer prop` per kernel.
     #[arg(long, env = "VM_PROP_CASES", default_value_t = DEFAULT_PROP_CASES)]
     prop_cases: u64,
-    /// Generated stacks for `overlayer prop --mode roundtrip` per kernel.
+    /// Generated stacks for `overlayer prop --mode roundtrip` per kernel, and
+    /// for each of `--mode write` and `--mode write-redirect`.
     #[arg(long, env = "VM_ROUNDTRIP_CASES", default_value_t = DEFAULT_ROUNDTRIP_CASES)]
     roundtrip_cases: u64,
     /// Seed for `overlayer prop` (both modes); fixed by default so runs (and
@@ -325,7 +334,8 @@ fn real_main(args: Args) -> Result<bool> {
         print!("{details}");
     }
     println!(
-        "\nprop: {} stacks, roundtrip: {} stacks per kernel, seed {} (VM_SEED={} reproduces); \
+        "\nprop: {} stacks, roundtrip, write and write-redirect: {} stacks each per kernel, \
+         seed {} (VM_SEED={} reproduces); \
          total {:.1} s; {}",
         ctx.guest.prop_cases,
         ctx.guest.roundtrip_cases,

@@ -198,6 +198,8 @@ pub struct Collector {
     pub replay: Option<Replay>,
     pub prop: Option<Prop>,
     pub roundtrip: Option<Prop>,
+    pub write: Option<Prop>,
+    pub write_redirect: Option<Prop>,
     pub exits: Vec<StepExit>,
     pub skips: Vec<(String, String)>,
     pub logs: Vec<String>,
@@ -286,16 +288,17 @@ impl Collector {
                 self.replay = Some(r);
                 Some(msg)
             }
-            "prop" | "roundtrip" => {
+            "prop" | "roundtrip" | "write" | "write-redirect" => {
                 let p: Prop = parse(f, &mut self.bad)?;
                 let msg = format!(
                     "{}: {}/{} stacks passed in {:.1} s ({:.1} stacks/s, seed {})",
                     f.kind, p.passed, p.cases, p.seconds, p.stacks_per_second, p.seed
                 );
-                if f.kind == "prop" {
-                    self.prop = Some(p);
-                } else {
-                    self.roundtrip = Some(p);
+                match f.kind.as_str() {
+                    "prop" => self.prop = Some(p),
+                    "roundtrip" => self.roundtrip = Some(p),
+                    "write" => self.write = Some(p),
+                    _ => self.write_redirect = Some(p),
                 }
                 Some(msg)
             }
@@ -361,6 +364,8 @@ impl Collector {
                 "replay" => self.replay.is_some(),
                 "prop" => self.prop.is_some(),
                 "roundtrip" => self.roundtrip.is_some(),
+                "write" => self.write.is_some(),
+                "write-redirect" => self.write_redirect.is_some(),
                 _ => true,
             };
             if !have && self.exits.iter().any(|e| e.step == *step && e.rc == 0) {
@@ -383,7 +388,12 @@ impl Collector {
                 ));
             }
         }
-        for (step, p) in [("prop", &self.prop), ("roundtrip", &self.roundtrip)] {
+        for (step, p) in [
+            ("prop", &self.prop),
+            ("roundtrip", &self.roundtrip),
+            ("write", &self.write),
+            ("write-redirect", &self.write_redirect),
+        ] {
             let Some(p) = p else { continue };
             // prop stops at the first failing stack (then shrinks it):
             // `failed` is 0 or 1 and `passed` counts the stacks before it.
@@ -438,6 +448,8 @@ impl Collector {
             }),
             prop: self.prop,
             roundtrip: self.roundtrip,
+            write: self.write,
+            write_redirect: self.write_redirect,
             boot_seconds: self.boot_uptime,
             boot_host_seconds: ctx.boot_host_seconds,
             total_seconds: ctx.total_seconds,
@@ -478,6 +490,10 @@ pub struct Row {
     pub prop: Option<Prop>,
     /// `overlayer prop --mode roundtrip`: export of the conversion, applied.
     pub roundtrip: Option<Prop>,
+    /// `--mode write` and `--mode write-redirect`: writes on a writable
+    /// overlay, the upper exported and applied.
+    pub write: Option<Prop>,
+    pub write_redirect: Option<Prop>,
     /// Guest `/proc/uptime` when `/init` started.
     pub boot_seconds: Option<f64>,
     /// Host wall clock from starting QEMU to the guest's boot frame.
@@ -504,6 +520,8 @@ impl Row {
             replay: None,
             prop: None,
             roundtrip: None,
+            write: None,
+            write_redirect: None,
             boot_seconds: None,
             boot_host_seconds: None,
             total_seconds: 0.0,
@@ -561,6 +579,8 @@ pub fn format_table(rows: &[Row]) -> String {
         "CASES p/f/s",
         "STACKS",
         "ROUNDTRIP",
+        "WRITE",
+        "WRITE-REDIR",
         "BOOT",
         "INIT",
         "TOTAL",
@@ -594,6 +614,8 @@ pub fn format_table(rows: &[Row]) -> String {
                 .unwrap_or_else(|| "-".into()),
             stacks(r.prop.as_ref()),
             stacks(r.roundtrip.as_ref()),
+            stacks(r.write.as_ref()),
+            stacks(r.write_redirect.as_ref()),
             secs(r.boot_seconds),
             secs(r.boot_host_seconds),
             format!("{:.1}s", r.total_seconds),
