@@ -35,13 +35,12 @@ impl LowerStack {
         }
     }
 
-    fn xattr(&self, suffix: &str) -> String {
-        let ns = if self.userxattr {
-            spec::USER_OVERLAY
-        } else {
-            spec::TRUSTED_OVERLAY
-        };
-        format!("{ns}{suffix}")
+    /// The value of the overlay xattr `overlay.SUFFIX` of `path`, in this
+    /// stack's namespace.
+    pub fn marker(&self, path: &Path, suffix: &str) -> Option<Vec<u8>> {
+        sys::get_xattr(path, &spec::overlay_xattr(self.userxattr, suffix))
+            .ok()
+            .flatten()
     }
 
     /// True if `path` (a file in a layer) is a whiteout: a char device 0/0,
@@ -51,11 +50,9 @@ impl LowerStack {
         is_whiteout(path, self.userxattr)
     }
 
-    fn is_opaque(&self, dir: &Path) -> bool {
-        sys::get_xattr(dir, &self.xattr(spec::OPAQUE_XATTR_SUFFIX))
-            .ok()
-            .flatten()
-            .is_some_and(|v| v == spec::OPAQUE_YES)
+    /// True if `dir` is an opaque directory (`overlay.opaque="y"`).
+    pub fn is_opaque(&self, dir: &Path) -> bool {
+        self.marker(dir, spec::OPAQUE_XATTR_SUFFIX).as_deref() == Some(spec::OPAQUE_YES)
     }
 
     /// Looks `rel` (components) up through the stack.
@@ -131,16 +128,15 @@ pub fn is_whiteout(path: &Path, userxattr: bool) -> bool {
     if !meta.is_file() || meta.len() != 0 {
         return false;
     }
-    let ns = if userxattr {
-        spec::USER_OVERLAY
-    } else {
-        spec::TRUSTED_OVERLAY
+    let has = |p: &Path, suffix| {
+        sys::get_xattr(p, &spec::overlay_xattr(userxattr, suffix))
+            .ok()
+            .flatten()
     };
-    let has = |p: &Path, key: String| sys::get_xattr(p, &key).ok().flatten();
-    let marked = has(path, format!("{ns}{}", spec::WHITEOUT_XATTR_SUFFIX)).is_some();
+    let marked = has(path, spec::WHITEOUT_XATTR_SUFFIX).is_some();
     let parent_x = path
         .parent()
-        .and_then(|d| has(d, format!("{ns}{}", spec::OPAQUE_XATTR_SUFFIX)))
+        .and_then(|d| has(d, spec::OPAQUE_XATTR_SUFFIX))
         .is_some_and(|v| v == spec::OPAQUE_XWHITEOUTS);
     marked && parent_x
 }

@@ -93,6 +93,17 @@ pub fn classify(name: &str) -> WhiteoutName<'_> {
     }
 }
 
+/// The overlay xattr `overlay.SUFFIX` in the namespace the mount uses:
+/// `user.` with `-o userxattr`, else `trusted.`.
+pub fn overlay_xattr(userxattr: bool, suffix: &str) -> String {
+    let ns = if userxattr {
+        USER_OVERLAY
+    } else {
+        TRUSTED_OVERLAY
+    };
+    format!("{ns}{suffix}")
+}
+
 /// True for xattr names that overlayfs interprets itself; a layer must never
 /// set them live (scenario 38).
 pub fn is_overlay_private_xattr(name: &str) -> bool {

@@ -155,6 +155,13 @@ pub struct Change {
     pub kind: char,
 }
 
+/// `KIND /path`, as `docker diff` prints it.
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.path)
+    }
+}
+
 /// What `upper` adds, changes and deletes over `lowers` (bottom first): the
 /// entries `export` would write, each `A` or `C` by whether the lower
 /// layers hold its path; a whiteout is a deletion when the lower layers hold
@@ -259,21 +266,6 @@ impl<S: Sink> Walk<S> {
         self.sink.emit(&item, &self.lower)
     }
 
-    fn marker(&self, path: &Path, suffix: &str) -> Option<Vec<u8>> {
-        let ns = if self.opts.userxattr {
-            spec::USER_OVERLAY
-        } else {
-            spec::TRUSTED_OVERLAY
-        };
-        sys::get_xattr(path, &format!("{ns}{suffix}"))
-            .ok()
-            .flatten()
-    }
-
-    fn is_opaque(&self, dir: &Path) -> bool {
-        self.marker(dir, spec::OPAQUE_XATTR_SUFFIX).as_deref() == Some(spec::OPAQUE_YES)
-    }
-
     /// An upper directory outside any renamed one: its whiteouts and opaque
     /// marker are written as such. `lower` is the path of the lower
     /// directory merged into it, `None` if none is.
@@ -283,7 +275,7 @@ impl<S: Sink> Walk<S> {
         here: &Path,
         lower: Option<Vec<String>>,
     ) -> Result<()> {
-        let opaque = self.is_opaque(here);
+        let opaque = self.lower.is_opaque(here);
         if opaque && !rel.is_empty() && matches!(self.lower.lookup(rel), Found::Dir(_)) {
             self.emit(rel, here, &stat(here)?, Kind::Opaque)?;
         }
@@ -319,7 +311,7 @@ impl<S: Sink> Walk<S> {
         let mut children: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();
         let mut lower = lower;
         if let Some(up) = upper {
-            if self.is_opaque(up) {
+            if self.lower.is_opaque(up) {
                 lower = None;
             }
             for name in sorted_names(up)? {
@@ -364,7 +356,7 @@ impl<S: Sink> Walk<S> {
     ) -> Result<()> {
         let meta = stat(path)?;
         let name = rel.last().cloned().unwrap_or_default();
-        let redirect = self.marker(path, spec::REDIRECT_XATTR_SUFFIX);
+        let redirect = self.lower.marker(path, spec::REDIRECT_XATTR_SUFFIX);
         if meta.is_dir() {
             self.emit(rel, path, &meta, Kind::Dir)?;
             let Some(target) = redirect else {
@@ -385,7 +377,12 @@ impl<S: Sink> Walk<S> {
             self.summary.redirected_dirs += 1;
             return self.merged_dir(rel, Some(path), from);
         }
-        if self.marker(path, spec::METACOPY_XATTR_SUFFIX).is_some() && meta.is_file() {
+        if self
+            .lower
+            .marker(path, spec::METACOPY_XATTR_SUFFIX)
+            .is_some()
+            && meta.is_file()
+        {
             self.refuse(path, "metacopy")?;
             let from = match redirect {
                 Some(target) => resolve_redirect(path, &target, parent_lower)?,
@@ -479,8 +476,8 @@ impl<S: Sink> Walk<S> {
             };
             if i + 1 == name.len()
                 || !meta.is_dir()
-                || self.is_opaque(&p)
-                || self.marker(&p, spec::REDIRECT_XATTR_SUFFIX).is_some()
+                || self.lower.is_opaque(&p)
+                || self.lower.marker(&p, spec::REDIRECT_XATTR_SUFFIX).is_some()
             {
                 return false;
             }

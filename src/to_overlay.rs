@@ -54,12 +54,7 @@ pub struct ConvertOptions {
 
 impl ConvertOptions {
     fn opaque_xattr(&self) -> String {
-        let ns = if self.userxattr {
-            spec::USER_OVERLAY
-        } else {
-            spec::TRUSTED_OVERLAY
-        };
-        format!("{ns}{}", spec::OPAQUE_XATTR_SUFFIX)
+        spec::overlay_xattr(self.userxattr, spec::OPAQUE_XATTR_SUFFIX)
     }
 }
 

@@ -95,11 +95,27 @@ enum RedirectsArg {
     Refuse,
 }
 
-impl RedirectsArg {
-    fn options(self, userxattr: bool) -> ExportOptions {
+/// An upper directory and the lower layers it was mounted over, as
+/// `export` and `changes` read them.
+#[derive(clap::Args)]
+struct UpperArgs {
+    upper: PathBuf,
+    /// Lower layer directories (overlay-native), bottom first.
+    #[arg(long = "lower", num_args = 1..)]
+    lowers: Vec<PathBuf>,
+    /// The upper uses user.overlay.* markers (-o userxattr).
+    #[arg(long)]
+    userxattr: bool,
+    /// Renamed directories (redirect_dir) and metacopy files.
+    #[arg(long, value_enum, default_value = "materialise")]
+    redirects: RedirectsArg,
+}
+
+impl UpperArgs {
+    fn options(&self) -> ExportOptions {
         ExportOptions {
-            userxattr,
-            redirects: match self {
+            userxattr: self.userxattr,
+            redirects: match self.redirects {
                 RedirectsArg::Materialise => overlayer::Redirects::Materialise,
                 RedirectsArg::Refuse => overlayer::Redirects::Refuse,
             },
@@ -222,31 +238,16 @@ enum Command {
     /// lower layers under other names: by default it is materialised from
     /// the lower layers given, which must be the ones it was mounted with.
     Export {
-        upper: PathBuf,
-        /// Lower layer directories (overlay-native), bottom first.
-        #[arg(long = "lower", num_args = 1..)]
-        lowers: Vec<PathBuf>,
+        #[command(flatten)]
+        from: UpperArgs,
         #[arg(long)]
         out: PathBuf,
-        /// The upper uses user.overlay.* markers (-o userxattr).
-        #[arg(long)]
-        userxattr: bool,
-        /// Renamed directories (redirect_dir) and metacopy files.
-        #[arg(long, value_enum, default_value = "materialise")]
-        redirects: RedirectsArg,
     },
     /// What an upper directory adds (A), changes (C) and deletes (D) over
     /// its lower layers, like `docker diff`.
     Changes {
-        upper: PathBuf,
-        /// Lower layer directories (overlay-native), bottom first.
-        #[arg(long = "lower", num_args = 1..)]
-        lowers: Vec<PathBuf>,
-        #[arg(long)]
-        userxattr: bool,
-        /// Renamed directories (redirect_dir) and metacopy files.
-        #[arg(long, value_enum, default_value = "materialise")]
-        redirects: RedirectsArg,
+        #[command(flatten)]
+        from: UpperArgs,
         #[arg(long)]
         json: bool,
     },
@@ -473,16 +474,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             save,
             json,
         ),
-        Command::Export {
-            upper,
-            lowers,
-            out,
-            userxattr,
-            redirects,
-        } => {
-            let opts = redirects.options(userxattr);
-            let s = overlayer::export_to_file(&upper, &lowers, &out, opts)
-                .with_context(|| format!("export {}", upper.display()))?;
+        Command::Export { from, out } => {
+            let s = overlayer::export_to_file(&from.upper, &from.lowers, &out, from.options())
+                .with_context(|| format!("export {}", from.upper.display()))?;
             eprintln!(
                 "{}: {} entries, {} whiteouts, {} opaque directories, {} renamed directories \
                  and {} metacopy files materialised",
@@ -495,20 +489,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Changes {
-            upper,
-            lowers,
-            userxattr,
-            redirects,
-            json,
-        } => {
-            let changes = overlayer::changes(&upper, &lowers, redirects.options(userxattr))
-                .with_context(|| format!("changes of {}", upper.display()))?;
+        Command::Changes { from, json } => {
+            let changes = overlayer::changes(&from.upper, &from.lowers, from.options())
+                .with_context(|| format!("changes of {}", from.upper.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&changes)?);
             } else {
                 for c in &changes {
-                    println!("{} {}", c.kind, c.path);
+                    println!("{c}");
                 }
             }
             Ok(ExitCode::SUCCESS)

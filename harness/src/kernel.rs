@@ -261,6 +261,15 @@ impl Scratch {
         opts: ConvertOptions,
     ) -> Result<WriteOutcome> {
         anyhow::ensure!(self.mounted, "the kernel oracle is not available here");
+        let features = match (redirect, opts.userxattr) {
+            (true, false) => ",redirect_dir=on,metacopy=on",
+            (false, false) => ",redirect_dir=off,metacopy=off",
+            // userxattr implies redirect_dir=nofollow and refuses "off".
+            (false, true) => ",userxattr",
+            (true, true) => {
+                anyhow::bail!("the kernel refuses redirect_dir and metacopy with userxattr")
+            }
+        };
         let work = self.fresh()?;
         let converted = match convert_in(&work, tars, opts) {
             Ok(c) => c,
@@ -270,25 +279,12 @@ impl Scratch {
             std::fs::create_dir(work.join(d))?;
         }
         // With an upper dir, one lower layer is enough.
-        let mut options = format!(
-            "lowerdir={},upperdir={},workdir={}{}",
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}{features}",
             converted.lowerdir(),
             work.join("u").display(),
             work.join("w").display(),
-            match (redirect, opts.userxattr) {
-                (true, _) => ",redirect_dir=on,metacopy=on",
-                (false, false) => ",redirect_dir=off,metacopy=off",
-                // userxattr implies redirect_dir=nofollow and refuses "off".
-                (false, true) => "",
-            }
         );
-        anyhow::ensure!(
-            !(redirect && opts.userxattr),
-            "the kernel refuses redirect_dir and metacopy with userxattr"
-        );
-        if opts.userxattr {
-            options.push_str(",userxattr");
-        }
         let merged = work.join("m");
         overlayer::sys::mount_overlay(&merged, &options, false)
             .with_context(|| format!("mount overlay {options}"))?;

@@ -181,11 +181,10 @@ fn run_export_case(
             continue;
         }
         let opts = mode.convert_options(read_options(&case.options));
-        let fail = |d: String| Verdict::Fail(format!("{mode:?}: {d}"));
         match scratch.write_view(&tars, &ops, ex.redirect, opts)? {
             WriteOutcome::LowerRefused(e) => {
-                let v = fail(format!("convert refused the layers: {e}"));
-                return Ok((v.clone(), v));
+                let v = Verdict::Fail(format!("convert refused the layers: {e}"));
+                return Ok((tagged(v.clone(), mode), tagged(v, mode)));
             }
             WriteOutcome::Views {
                 kernel,
@@ -246,10 +245,7 @@ pub fn layer_entries(layer: &[u8]) -> Result<Vec<String>> {
 }
 
 fn change_lines(changes: &[overlayer::Change]) -> Vec<String> {
-    changes
-        .iter()
-        .map(|c| format!("{} {}", c.kind, c.path))
-        .collect()
+    changes.iter().map(ToString::to_string).collect()
 }
 
 /// The library's reading options for a case's `options`.

@@ -34,27 +34,51 @@ fn lower(root: &Path) -> PathBuf {
     l
 }
 
-fn entries(layer: &[u8]) -> Vec<String> {
-    tar::Archive::new(layer)
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().display().to_string())
-        .collect()
+/// A temporary directory holding `lower()`, or `None` (with the reason
+/// printed) where the test cannot run.
+fn fixture() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = lower(tmp.path());
+    Some((tmp, lower))
 }
 
-fn export(upper: &Path, lowers: &[PathBuf]) -> Vec<u8> {
+fn entries(layer: &[u8]) -> Vec<String> {
+    overlayer_harness::replay::layer_entries(layer).unwrap()
+}
+
+fn export_with(
+    upper: &Path,
+    lower: &Path,
+    opts: ExportOptions,
+) -> overlayer::Result<(Vec<u8>, overlayer::ExportSummary)> {
     let mut out = Vec::new();
-    overlayer::export(upper, lowers, &mut out, ExportOptions::default()).unwrap();
-    out
+    let summary = overlayer::export(upper, &[lower.to_path_buf()], &mut out, opts)?;
+    Ok((out, summary))
+}
+
+fn export(upper: &Path, lower: &Path) -> Vec<u8> {
+    export_with(upper, lower, ExportOptions::default())
+        .unwrap()
+        .0
+}
+
+/// `overlayer changes`, as `KIND /path` lines.
+fn changes(upper: &Path, lower: &Path) -> Vec<String> {
+    overlayer::changes(upper, &[lower.to_path_buf()], ExportOptions::default())
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
 fn whiteouts_and_opaque_dirs_become_oci_markers_before_their_siblings() {
-    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+    let Some((tmp, lower)) = fixture() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lower = lower(tmp.path());
+    };
     let up = tmp.path().join("upper");
     std::fs::create_dir_all(up.join("bin")).unwrap();
     std::fs::create_dir_all(up.join("etc")).unwrap();
@@ -62,7 +86,7 @@ fn whiteouts_and_opaque_dirs_become_oci_markers_before_their_siblings() {
     std::fs::write(up.join("bin/b"), "new").unwrap();
     std::fs::write(up.join("etc/aaa"), "added").unwrap();
     whiteout(&up.join("etc/passwd"));
-    let names = entries(&export(&up, &[lower]));
+    let names = entries(&export(&up, &lower));
     assert_eq!(
         names,
         [
@@ -79,54 +103,44 @@ fn whiteouts_and_opaque_dirs_become_oci_markers_before_their_siblings() {
 
 #[test]
 fn new_directory_over_a_whiteout_gets_no_opaque_marker() {
-    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+    let Some((tmp, lower)) = fixture() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lower = lower(tmp.path());
+    };
     let up = tmp.path().join("upper");
     std::fs::create_dir_all(up.join("new")).unwrap();
     xattr(&up.join("new"), "trusted.overlay.opaque", b"y");
-    let names = entries(&export(&up, &[lower]));
+    let names = entries(&export(&up, &lower));
     assert_eq!(names, ["./", "new/"]);
 }
 
 #[test]
 fn xattr_whiteouts_are_deletions_and_their_directory_is_not_opaque() {
-    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+    let Some((tmp, lower)) = fixture() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lower = lower(tmp.path());
+    };
     let up = tmp.path().join("upper");
     std::fs::create_dir_all(up.join("var")).unwrap();
     xattr(&up.join("var"), "trusted.overlay.opaque", b"x");
     std::fs::write(up.join("var/x"), "").unwrap();
     xattr(&up.join("var/x"), "trusted.overlay.whiteout", b"");
-    let names = entries(&export(&up, std::slice::from_ref(&lower)));
+    let names = entries(&export(&up, &lower));
     assert_eq!(names, ["./", "var/", "var/.wh.x"]);
-    let changes = overlayer::changes(&up, &[lower], ExportOptions::default()).unwrap();
-    let shown: Vec<String> = changes
-        .iter()
-        .map(|c| format!("{} {}", c.kind, c.path))
-        .collect();
+    let shown = changes(&up, &lower);
     assert_eq!(shown, ["C /var", "D /var/x"]);
 }
 
 #[test]
 fn export_is_deterministic_and_drops_overlay_private_xattrs() {
-    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+    let Some((tmp, lower)) = fixture() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lower = lower(tmp.path());
+    };
     let up = tmp.path().join("upper");
     std::fs::create_dir_all(up.join("d")).unwrap();
     std::fs::write(up.join("d/f"), "x").unwrap();
     xattr(&up.join("d/f"), "user.keep", b"1");
     xattr(&up.join("d/f"), "trusted.overlay.origin", b"private");
-    let a = export(&up, std::slice::from_ref(&lower));
-    let b = export(&up, &[lower]);
+    let a = export(&up, &lower);
+    let b = export(&up, &lower);
     assert_eq!(a, b);
     let mut archive = tar::Archive::new(&a[..]);
     for entry in archive.entries().unwrap() {
@@ -172,20 +186,11 @@ fn redirected_upper(root: &Path) -> PathBuf {
 
 #[test]
 fn renamed_directories_and_metacopy_files_are_materialised_from_the_lowers() {
-    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+    let Some((tmp, lower)) = fixture() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lower = lower(tmp.path());
+    };
     let up = redirected_upper(tmp.path());
-    let mut out = Vec::new();
-    let summary = overlayer::export(
-        &up,
-        std::slice::from_ref(&lower),
-        &mut out,
-        ExportOptions::default(),
-    )
-    .unwrap();
+    let (out, summary) = export_with(&up, &lower, ExportOptions::default()).unwrap();
     assert_eq!((summary.redirected_dirs, summary.metacopy_files), (2, 1));
     assert_eq!(
         entries(&out),
@@ -220,13 +225,8 @@ fn renamed_directories_and_metacopy_files_are_materialised_from_the_lowers() {
         (0o600, "etc/passwd".to_string()),
         "upper mode, lower data"
     );
-    let changes: Vec<String> = overlayer::changes(&up, &[lower], ExportOptions::default())
-        .unwrap()
-        .iter()
-        .map(|c| format!("{} {}", c.kind, c.path))
-        .collect();
     assert_eq!(
-        changes,
+        changes(&up, &lower),
         [
             "A /b2",
             "A /b2/new",
@@ -242,53 +242,40 @@ fn renamed_directories_and_metacopy_files_are_materialised_from_the_lowers() {
 
 #[test]
 fn redirects_refuse_names_the_renamed_directory() {
-    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+    let Some((tmp, lower)) = fixture() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lower = lower(tmp.path());
+    };
     let up = redirected_upper(tmp.path());
     let opts = ExportOptions {
         redirects: overlayer::Redirects::Refuse,
         ..Default::default()
     };
-    let err = overlayer::export(&up, &[lower], &mut Vec::new(), opts)
-        .unwrap_err()
-        .to_string();
+    let err = export_with(&up, &lower, opts).unwrap_err().to_string();
     assert!(err.contains("b2") && err.contains("redirect_dir"), "{err}");
 }
 
 #[test]
 fn an_invalid_redirect_is_refused_not_followed() {
-    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+    let Some((tmp, lower)) = fixture() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lower = lower(tmp.path());
+    };
     for bad in [&b"../../etc"[..], b"/bin/../../x", b"a/b"] {
         let up = tmp.path().join("bad-upper");
         let _ = std::fs::remove_dir_all(&up);
         std::fs::create_dir_all(up.join("d")).unwrap();
         xattr(&up.join("d"), "trusted.overlay.redirect", bad);
-        let err = overlayer::export(
-            &up,
-            std::slice::from_ref(&lower),
-            &mut Vec::new(),
-            Default::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = export_with(&up, &lower, ExportOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid overlay.redirect"), "{err}");
     }
 }
 
 #[test]
 fn changes_lists_added_changed_and_deleted_paths() {
-    if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
+    let Some((tmp, lower)) = fixture() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lower = lower(tmp.path());
+    };
     let up = tmp.path().join("upper");
     std::fs::create_dir_all(up.join("bin")).unwrap();
     xattr(&up.join("bin"), "trusted.overlay.opaque", b"y");
@@ -296,11 +283,7 @@ fn changes_lists_added_changed_and_deleted_paths() {
     std::fs::write(up.join("etc/passwd"), "changed").unwrap();
     std::fs::write(up.join("new"), "added").unwrap();
     whiteout(&up.join("var"));
-    let changes = overlayer::changes(&up, &[lower], ExportOptions::default()).unwrap();
-    let shown: Vec<String> = changes
-        .iter()
-        .map(|c| format!("{} {}", c.kind, c.path))
-        .collect();
+    let shown = changes(&up, &lower);
     assert_eq!(
         shown,
         [

@@ -141,32 +141,46 @@ fn a_file_larger_than_the_file_limit_is_refused_before_its_content_is_read() {
     assert!(bomb.fed < 4 * MIB, "read {} bytes of content", bomb.fed);
 }
 
-#[test]
-fn ctrl_c_during_apply_exits_130_and_leaves_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("rootfs");
+/// `overlayer apply /dev/stdin --out OUT`, fed the header of a file `big`
+/// of `size` bytes; returns the child and its still open stdin.
+fn apply_big_file_from_pipe(
+    out: &std::path::Path,
+    size: u64,
+) -> (std::process::Child, std::process::ChildStdin) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_overlayer"))
         .args(["apply", "/dev/stdin", "--out"])
-        .arg(&out)
+        .arg(out)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    // A header for a large file and a little of its content; the pipe stays
-    // open, so apply is mid-file when the signal comes.
     let mut header = tar::Header::new_gnu();
     header.set_path("big").unwrap();
-    header.set_size(1 << 30);
+    header.set_size(size);
     header.set_cksum();
     stdin.write_all(header.as_bytes()).unwrap();
-    stdin.write_all(&[0u8; 1 << 16]).unwrap();
-    // Wait until the temporary output exists: apply is running.
+    (child, stdin)
+}
+
+/// Waits until `dir` holds the temporary output: apply is running.
+fn wait_for_output_in(dir: &std::path::Path) {
     let started = std::time::Instant::now();
-    while std::fs::read_dir(tmp.path()).unwrap().count() == 0 {
+    while std::fs::read_dir(dir).unwrap().count() == 0 {
         assert!(started.elapsed().as_secs() < 20, "apply never started");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+#[test]
+fn ctrl_c_during_apply_exits_130_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rootfs");
+    // A header for a large file and a little of its content; the pipe stays
+    // open, so apply is mid-file when the signal comes.
+    let (child, mut stdin) = apply_big_file_from_pipe(&out, 1 << 30);
+    stdin.write_all(&[0u8; 1 << 16]).unwrap();
+    wait_for_output_in(tmp.path());
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     // Keep the pipe open and silent: the handler's grace period must end
@@ -287,31 +301,15 @@ fn entry_and_depth_limits_stop_work() {
 fn ctrl_c_while_data_still_flows_stops_at_the_next_read() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rootfs");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_overlayer"))
-        .args(["apply", "/dev/stdin", "--out"])
-        .arg(&out)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut header = tar::Header::new_gnu();
-    header.set_path("big").unwrap();
     // Below the default file limit, so apply keeps reading.
-    header.set_size(16 << 30);
-    header.set_cksum();
-    stdin.write_all(header.as_bytes()).unwrap();
+    let (child, mut stdin) = apply_big_file_from_pipe(&out, 16 << 30);
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     let writer = std::thread::spawn(move || {
         // Feed data until the child stops reading.
         let chunk = vec![0u8; 1 << 16];
         while stdin.write_all(&chunk).is_ok() {}
     });
-    let started = std::time::Instant::now();
-    while std::fs::read_dir(tmp.path()).unwrap().count() == 0 {
-        assert!(started.elapsed().as_secs() < 20, "apply never started");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_output_in(tmp.path());
     // Let some content flow, then interrupt.
     std::thread::sleep(std::time::Duration::from_millis(200));
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();

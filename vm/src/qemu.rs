@@ -189,18 +189,17 @@ impl Drop for QemuGuard {
     }
 }
 
+/// A line from the serial console (`console`) or the results port, or the
+/// end of one of the two streams.
 enum Event {
-    Console(String),
-    ConsoleClosed,
-    Result(String),
-    ResultsClosed,
+    Line { console: bool, text: String },
+    Closed,
 }
 
 fn spawn_line_reader<R: Read + Send + 'static>(
     r: R,
     tx: mpsc::Sender<Event>,
-    line: fn(String) -> Event,
-    closed: Event,
+    console: bool,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut r = BufReader::new(r);
@@ -212,13 +211,13 @@ fn spawn_line_reader<R: Read + Send + 'static>(
                 Ok(_) => {
                     let s = String::from_utf8_lossy(&buf);
                     let s = s.trim_end_matches(['\r', '\n']).replace('\r', "");
-                    if tx.send(line(s)).is_err() {
+                    if tx.send(Event::Line { console, text: s }).is_err() {
                         return;
                     }
                 }
             }
         }
-        let _ = tx.send(closed);
+        let _ = tx.send(Event::Closed);
     })
 }
 
@@ -235,21 +234,19 @@ fn spawn_results(
                 Ok((s, _)) => break s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if stop.load(Ordering::Relaxed) {
-                        let _ = tx.send(Event::ResultsClosed);
+                        let _ = tx.send(Event::Closed);
                         return;
                     }
                     thread::sleep(Duration::from_millis(10));
                 }
                 Err(_) => {
-                    let _ = tx.send(Event::ResultsClosed);
+                    let _ = tx.send(Event::Closed);
                     return;
                 }
             }
         };
         let _ = stream.set_nonblocking(false);
-        spawn_line_reader(stream, tx, Event::Result, Event::ResultsClosed)
-            .join()
-            .ok();
+        spawn_line_reader(stream, tx, false).join().ok();
     })
 }
 
@@ -310,12 +307,7 @@ pub fn run(b: &Boot, progress: &mut dyn FnMut(&str)) -> Result<BootResult> {
         })
     });
     if let Some(out) = guard.0.stdout.take() {
-        readers.push(spawn_line_reader(
-            out,
-            tx.clone(),
-            Event::Console,
-            Event::ConsoleClosed,
-        ));
+        readers.push(spawn_line_reader(out, tx.clone(), true));
         open_streams += 1;
     }
     drop(tx);
@@ -386,9 +378,10 @@ pub fn run(b: &Boot, progress: &mut dyn FnMut(&str)) -> Result<BootResult> {
             last_news = now;
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(Event::Console(line)) => {
+            Ok(Event::Line { console, text }) => {
                 heard = true;
-                if let Some(kind) = handle_line(&line, true, &mut collector, &mut tail, progress) {
+                if let Some(kind) = handle_line(&text, console, &mut collector, &mut tail, progress)
+                {
                     on_kind(
                         &kind,
                         &steps,
@@ -400,21 +393,7 @@ pub fn run(b: &Boot, progress: &mut dyn FnMut(&str)) -> Result<BootResult> {
                     );
                 }
             }
-            Ok(Event::Result(line)) => {
-                heard = true;
-                if let Some(kind) = handle_line(&line, false, &mut collector, &mut tail, progress) {
-                    on_kind(
-                        &kind,
-                        &steps,
-                        &mut step,
-                        &mut boot_host,
-                        &mut done_at,
-                        start,
-                        &mut last_news,
-                    );
-                }
-            }
-            Ok(Event::ConsoleClosed) | Ok(Event::ResultsClosed) => open_streams -= 1,
+            Ok(Event::Closed) => open_streams -= 1,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if b.guest.shell {
                     if let Ok(Some(st)) = guard.0.try_wait() {
