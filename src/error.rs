@@ -48,6 +48,9 @@ pub enum Rule {
     LimitFileBytes,
     /// A path deeper than `--max-depth` components.
     LimitDepth,
+    /// An extension record (PAX `x`/`g`, GNU `L`/`K`) larger than
+    /// `--max-extension-bytes`, refused at its header before it is read.
+    LimitExtensionBytes,
     /// Strict: the same path twice in one layer (layer.md forbids it).
     DuplicateEntry,
     /// Strict: `.wh.` at the start of a directory component.
@@ -80,6 +83,7 @@ impl Rule {
             Rule::LimitEntries => "limit-entries",
             Rule::LimitFileBytes => "limit-file-bytes",
             Rule::LimitDepth => "limit-depth",
+            Rule::LimitExtensionBytes => "limit-extension-bytes",
             Rule::DuplicateEntry => "duplicate-entry",
             Rule::WhiteoutInnerComponent => "whiteout-inner-component",
             Rule::WhiteoutNotRegular => "whiteout-not-regular",
@@ -113,6 +117,9 @@ impl Rule {
             Rule::LimitEntries => "the layers hold more entries than --max-entries",
             Rule::LimitFileBytes => "a file is larger than --max-file-bytes",
             Rule::LimitDepth => "a path is deeper than --max-depth components",
+            Rule::LimitExtensionBytes => {
+                "an extension record (PAX, GNU long name) is larger than --max-extension-bytes"
+            }
             Rule::DuplicateEntry => "the path appears twice in the layer (OCI layer.md; --strict)",
             Rule::WhiteoutInnerComponent => "a directory component starts with `.wh.` (--strict)",
             Rule::WhiteoutNotRegular => {

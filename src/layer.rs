@@ -13,6 +13,7 @@ use std::rc::Rc;
 use crate::error::{Error, Fault, Result, Rule};
 use crate::limits::{self, Notice, ReadOptions, Summary};
 use crate::spec::{self, WhiteoutName};
+use crate::tar_stream::{Member, StreamError, TarStream};
 
 /// The compression of a layer, detected from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,11 +330,11 @@ impl StackReader {
         R: Read,
         F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
     {
-        let corrupt = |entry: &str, e: io::Error| Error::Invalid {
+        let corrupt = |entry: &str, detail: String| Error::Invalid {
             layer,
             entry: entry.to_string(),
             rule: Rule::CorruptArchive,
-            detail: Some(e.to_string()),
+            detail: Some(detail),
         };
         let counted = Counted {
             inner: reader,
@@ -341,12 +342,16 @@ impl StackReader {
             max: self.opts.limits.max_bytes,
             trip: trip.clone(),
         };
-        let mut archive = tar::Archive::new(counted);
+        let limits = self.opts.limits;
+        let mut stream = TarStream::new(counted, limits.max_extension_bytes);
         let mut seen: HashSet<RelPath> = HashSet::new();
-        let entries = archive.entries().map_err(|e| corrupt(last, e))?;
-        for item in entries {
-            let mut tar_entry = item.map_err(|e| corrupt(&format!("after {last}"), e))?;
-            let raw_name = tar_entry.path_bytes().into_owned();
+        loop {
+            let member = match stream.next_member() {
+                Ok(Some(member)) => member,
+                Ok(None) => break,
+                Err(e) => return Err(stream_error(layer, last, limits.max_extension_bytes, e)),
+            };
+            let raw_name = member.path_bytes().into_owned();
             // Errors name the normalised path; the raw one if it has none (`../x`).
             *last = match normalise(&raw_name) {
                 Ok(path) => display(&path),
@@ -356,7 +361,6 @@ impl StackReader {
                 return Err(Error::Cancelled);
             }
             self.entries += 1;
-            let limits = &self.opts.limits;
             let over = |rule: Rule, limit: String| Error::Invalid {
                 layer,
                 entry: last.clone(),
@@ -369,15 +373,14 @@ impl StackReader {
                     format!("limit {}", limits.max_entries),
                 ));
             }
-            let size = tar_entry.header().entry_size().unwrap_or(0);
-            if size > limits.max_file_bytes {
+            if member.size > limits.max_file_bytes {
                 return Err(over(
                     Rule::LimitFileBytes,
-                    format!("{size} bytes, limit {}", limits.max_file_bytes),
+                    format!("{} bytes, limit {}", member.size, limits.max_file_bytes),
                 ));
             }
             let strict = self.opts.strict.then_some(&mut seen);
-            let entry = match parse_entry(&mut tar_entry, &raw_name, strict) {
+            let entry = match parse_entry(&member, &raw_name, strict) {
                 Ok(Some(entry)) => entry,
                 Ok(None) => continue,
                 Err(fault) => return Err(fault.at(layer, last)),
@@ -395,9 +398,15 @@ impl StackReader {
             if self.opts.strict {
                 self.notice(layer, &entry);
             }
-            visit(&entry, &mut tar_entry)?;
-            // Drain what the visitor left so a read error surfaces here, named.
-            io::copy(&mut tar_entry, &mut io::sink()).map_err(|e| corrupt(last, e))?;
+            let visited = visit(&entry, &mut stream.body());
+            if visited.is_err() && stream.truncated() {
+                return Err(corrupt(last, "truncated in the entry's data".into()));
+            }
+            visited?;
+            // Skip what the visitor left so a read error surfaces here, named.
+            stream
+                .skip_rest()
+                .map_err(|e| stream_error(layer, last, limits.max_extension_bytes, e))?;
         }
         Ok(())
     }
@@ -416,6 +425,41 @@ impl StackReader {
     }
 }
 
+/// Names a stream error at `last`, the entry read before it.
+fn stream_error(layer: usize, last: &str, limit: u64, e: StreamError) -> Error {
+    match e {
+        StreamError::ExtensionTooLarge {
+            kind,
+            header_name,
+            size,
+        } => Error::Invalid {
+            layer,
+            entry: if header_name.is_empty() {
+                format!("after {last}")
+            } else {
+                header_name
+            },
+            rule: Rule::LimitExtensionBytes,
+            detail: Some(format!(
+                "{} of {size} bytes, limit {limit}, after entry {last:?}",
+                kind.describe()
+            )),
+        },
+        StreamError::Corrupt(detail) => Error::Invalid {
+            layer,
+            entry: format!("after {last}"),
+            rule: Rule::CorruptArchive,
+            detail: Some(detail),
+        },
+        StreamError::Io(e) => Error::Invalid {
+            layer,
+            entry: format!("after {last}"),
+            rule: Rule::CorruptArchive,
+            detail: Some(e.to_string()),
+        },
+    }
+}
+
 /// Reads one layer with default options (see [`StackReader::read_layer`]).
 pub fn read_layer<R, F>(layer: usize, reader: R, visit: F) -> Result<()>
 where
@@ -427,13 +471,13 @@ where
 
 /// Parses one header. With `strict` (the paths seen so far in this layer),
 /// refuses what lenient mode tolerates.
-fn parse_entry<R: Read>(
-    tar_entry: &mut tar::Entry<'_, R>,
+fn parse_entry(
+    member: &Member,
     raw_name: &[u8],
     strict: Option<&mut HashSet<RelPath>>,
 ) -> std::result::Result<Option<Entry>, Fault> {
     use tar::EntryType as T;
-    let header = tar_entry.header();
+    let header = &member.header;
     let entry_type = header.entry_type();
     if matches!(entry_type, T::XGlobalHeader) {
         return Ok(None);
@@ -478,7 +522,7 @@ fn parse_entry<R: Read>(
         T::Directory => EntryKind::Dir,
         T::Regular | T::Continuous => EntryKind::File,
         T::Symlink => {
-            let target = tar_entry.link_name_bytes().unwrap_or_default();
+            let target = member.link_name_bytes().unwrap_or_default();
             let target = String::from_utf8(target.into_owned()).map_err(|_| Rule::NonUtf8Name)?;
             if target.is_empty() {
                 return Err(Fault::Rule(
@@ -489,7 +533,7 @@ fn parse_entry<R: Read>(
             EntryKind::Symlink(target)
         }
         T::Link => {
-            let target = tar_entry.link_name_bytes().unwrap_or_default();
+            let target = member.link_name_bytes().unwrap_or_default();
             EntryKind::Hardlink(normalise(&target)?)
         }
         T::Fifo => EntryKind::Fifo,
@@ -511,40 +555,36 @@ fn parse_entry<R: Read>(
             ))
         }
     };
-    if let Some(pax) = tar_entry
-        .pax_extensions()
-        .map_err(|e| Fault::Rule(Rule::CorruptArchive, Some(format!("PAX record: {e}"))))?
-    {
-        for ext in pax {
-            let ext = ext
-                .map_err(|e| Fault::Rule(Rule::CorruptArchive, Some(format!("PAX record: {e}"))))?;
-            let Ok(key) = ext.key() else { continue };
-            let value = ext.value_bytes();
-            if let Some(xattr) = key.strip_prefix("SCHILY.xattr.") {
-                meta.xattrs.push((xattr.to_string(), value.to_vec()));
-            } else if key == "uid" || key == "gid" {
-                // PAX ids may exceed 32 bits; truncating 2^32 would give
-                // root (0), so anything out of range is refused.
-                let id: u64 = pax_number(value).ok_or_else(|| {
-                    Fault::Rule(
-                        Rule::CorruptArchive,
-                        Some(format!("PAX {key} is not a number")),
-                    )
-                })?;
-                if key == "uid" {
-                    meta.uid = owner(id)?;
-                } else {
-                    meta.gid = owner(id)?;
-                }
-            } else if key == "mtime" {
-                meta.mtime = pax_number(value).unwrap_or(meta.mtime);
+    for record in member.pax_records() {
+        let (key, value) = record
+            .map_err(|e| Fault::Rule(Rule::CorruptArchive, Some(format!("PAX record: {e}"))))?;
+        let Ok(key) = std::str::from_utf8(key) else {
+            continue;
+        };
+        if let Some(xattr) = key.strip_prefix(spec::PAX_XATTR_PREFIX) {
+            meta.xattrs.push((xattr.to_string(), value.to_vec()));
+        } else if key == "uid" || key == "gid" {
+            // PAX ids may exceed 32 bits; truncating 2^32 would give
+            // root (0), so anything out of range is refused.
+            let id: u64 = pax_number(value).ok_or_else(|| {
+                Fault::Rule(
+                    Rule::CorruptArchive,
+                    Some(format!("PAX {key} is not a number")),
+                )
+            })?;
+            if key == "uid" {
+                meta.uid = owner(id)?;
+            } else {
+                meta.gid = owner(id)?;
             }
+        } else if key == "mtime" {
+            meta.mtime = pax_number(value).unwrap_or(meta.mtime);
         }
     }
     let is_marker = path
         .last()
         .is_some_and(|l| spec::classify(l) != WhiteoutName::Plain);
-    if strict && is_marker && (kind != EntryKind::File || header_size(tar_entry) != 0) {
+    if strict && is_marker && (kind != EntryKind::File || member.size != 0) {
         return Err(Rule::WhiteoutNotRegular.into());
     }
     if let Some(last) = path.last() {
@@ -594,10 +634,6 @@ fn owner(id: u64) -> std::result::Result<u32, Fault> {
         Ok(id) if id != u32::MAX => Ok(id),
         _ => Err(Fault::Rule(Rule::InvalidOwner, Some(format!("id {id}")))),
     }
-}
-
-fn header_size<R: Read>(tar_entry: &tar::Entry<'_, R>) -> u64 {
-    tar_entry.header().entry_size().unwrap_or(0)
 }
 
 /// `.wh..wh.*` names other than the opaque marker and `.wh..wh.` (a whiteout

@@ -24,6 +24,7 @@ pub mod output;
 mod rules;
 pub mod spec;
 pub mod sys;
+mod tar_stream;
 pub mod to_oci;
 pub mod to_overlay;
 pub mod tree;

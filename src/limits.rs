@@ -19,6 +19,10 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// Components of one path (also bounds resolution work per entry).
     pub max_depth: usize,
+    /// Body of one extension record (PAX `x`/`g`, GNU `L`/`K`), checked at
+    /// its header before the body is read: these records are held in memory
+    /// whole, so this bounds what one header can make the reader allocate.
+    pub max_extension_bytes: u64,
 }
 
 impl Limits {
@@ -31,6 +35,9 @@ impl Limits {
     /// 1,024 path components (a path that deep is already longer than
     /// PATH_MAX with names of more than three bytes).
     pub const DEFAULT_MAX_DEPTH: usize = 1024;
+    /// 1 MiB for one extension record: real ones hold a long name (at most
+    /// PATH_MAX) or a few xattrs (Linux caps a value at 64 KiB).
+    pub const DEFAULT_MAX_EXTENSION_BYTES: u64 = 1 << 20;
 }
 
 impl Default for Limits {
@@ -40,6 +47,7 @@ impl Default for Limits {
             max_entries: Self::DEFAULT_MAX_ENTRIES,
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
             max_depth: Self::DEFAULT_MAX_DEPTH,
+            max_extension_bytes: Self::DEFAULT_MAX_EXTENSION_BYTES,
         }
     }
 }

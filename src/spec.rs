@@ -23,6 +23,10 @@ pub const AUFS_META_PREFIX: &str = ".wh..wh.";
 /// device number". This is the device number we write and recognise.
 pub const WHITEOUT_RDEV: (u32, u32) = (0, 0);
 
+/// The PAX record prefix for extended attributes (`SCHILY.xattr.NAME`), as
+/// star, GNU tar and every layer writer (Go's archive/tar) use it.
+pub const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+
 /// overlayfs.rst: the privileged xattr namespace for overlay metadata.
 pub const TRUSTED_OVERLAY: &str = "trusted.overlay.";
 /// overlayfs.rst: with `-o userxattr` overlay uses the `user.` namespace.

@@ -701,7 +701,7 @@ impl<W: Write> Sink for TarSink<W> {
                 sys::list_xattrs(item.src).map_err(|e| Error::path(&show, "listxattr", e))?
             {
                 if let Some(key) = exported_xattr(&key) {
-                    pax.push((format!("SCHILY.xattr.{key}"), value));
+                    pax.push((format!("{}{key}", spec::PAX_XATTR_PREFIX), value));
                 }
             }
         }

@@ -15,8 +15,11 @@
 //! * every directory the layer needs but did not change (an implied parent)
 //!   copies its attributes from the merged lower view, since the topmost
 //!   layer holding a directory gives the merged directory its attributes;
-//! * a hardlink to a file of a lower layer becomes a copy (layer directories
-//!   cannot share inodes); links within one layer stay links;
+//! * a hardlink to a file of a lower layer copies the file up: layer
+//!   directories cannot share an inode, so the linking layer holds one copy
+//!   (content, mode, owner, xattrs, mtime) and every name the merged view
+//!   gives that inode, lower names included, as links to it; the merged view
+//!   then has the same hardlink groups as the flat rootfs;
 //! * overlay-private xattrs from a layer are stored escaped (`spec`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -133,8 +136,7 @@ fn convert_layers<R: Read + Send>(
     let mut stack = StackReader::new(opts.read);
     for (index, reader) in layers.into_iter().enumerate() {
         let before = tree.nodes.clone();
-        tree.changed.clear();
-        tree.opaqued.clear();
+        tree.start_layer();
         let mut rules = LayerRules::new(&mut tree);
         stack.read_layer(index, reader, |entry, data| {
             rules
@@ -209,6 +211,11 @@ struct MemTree {
     /// Directories an opaque marker (or a whiteout of a touched directory)
     /// cleared in the current layer.
     opaqued: HashSet<RelPath>,
+    /// The names hardlinks gave each linked inode (possibly stale: a name
+    /// counts while `nodes` still holds that inode there).
+    names: HashMap<u64, HashSet<RelPath>>,
+    /// Linked inodes whose names were all copied up in the current layer.
+    copied_up: HashSet<u64>,
 }
 
 impl MemTree {
@@ -229,7 +236,15 @@ impl MemTree {
             staging,
             changed: HashSet::new(),
             opaqued: HashSet::new(),
+            names: HashMap::new(),
+            copied_up: HashSet::new(),
         }
+    }
+
+    fn start_layer(&mut self) {
+        self.changed.clear();
+        self.opaqued.clear();
+        self.copied_up.clear();
     }
 
     fn id(&mut self) -> u64 {
@@ -351,6 +366,24 @@ impl Target for MemTree {
             .get(target)
             .expect("rules checked the target")
             .clone();
+        if let NodeKind::Leaf { inode, .. } = node.kind {
+            let names = self.names.entry(inode).or_default();
+            names.insert(target.to_vec());
+            names.insert(path.to_vec());
+            if self.copied_up.insert(inode) {
+                // Layer directories cannot share an inode, so every name the
+                // merged view gives this one is written again in this layer,
+                // all linked to one copy (the kernel then shows one inode,
+                // as apply does).
+                let nodes = &self.nodes;
+                names.retain(|p| {
+                    matches!(nodes.get(p).map(|n| &n.kind),
+                        Some(NodeKind::Leaf { inode: i, .. }) if *i == inode)
+                        || p == path
+                });
+                self.changed.extend(names.iter().cloned());
+            }
+        }
         self.insert(path, node.kind, node.meta);
         Ok(())
     }

@@ -113,6 +113,8 @@ pub struct CaseOptions {
     pub max_file_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_extension_bytes: Option<u64>,
 }
 
 impl CaseOptions {

@@ -52,6 +52,10 @@ struct ReadArgs {
     /// Deepest path, in components.
     #[arg(long, default_value_t = Limits::DEFAULT_MAX_DEPTH)]
     max_depth: usize,
+    /// Largest extension record (PAX header, GNU long name), refused at its
+    /// header before it is read, since it is held in memory whole.
+    #[arg(long, default_value_t = Limits::DEFAULT_MAX_EXTENSION_BYTES)]
+    max_extension_bytes: u64,
 }
 
 impl ReadArgs {
@@ -63,6 +67,7 @@ impl ReadArgs {
                 max_entries: self.max_entries,
                 max_file_bytes: self.max_file_bytes,
                 max_depth: self.max_depth,
+                max_extension_bytes: self.max_extension_bytes,
             },
         }
     }

@@ -7,7 +7,6 @@ pub mod check;
 pub mod cli;
 pub mod imagefmt;
 pub mod kernel;
-pub mod known;
 pub mod model;
 pub mod prop;
 pub mod replay;

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::case::{build_tar, Case, Expect, TarEntry};
 use crate::kernel::{Outcome, Scratch};
 use crate::replay::matches_error;
-use crate::{known, model, strategy};
+use crate::{model, strategy};
 
 /// Options of a property run.
 #[derive(Debug, Clone)]
@@ -62,6 +62,9 @@ pub struct PropReport {
     /// materialised from the lower layers, over all stacks.
     pub renamed_dirs: u64,
     pub metacopy_files: u64,
+    /// Compared stacks with a hardlink to a lower layer's file or link (the
+    /// groups convert copies up).
+    pub cross_layer_links: u64,
     pub seconds: f64,
     pub stacks_per_second: f64,
     pub seed: u64,
@@ -135,7 +138,7 @@ fn agree(
     match (model, got) {
         (Ok(want), Ok(view)) => {
             let differences = if kernel {
-                known::compare(view, want).differences
+                diff(view, want)
             } else {
                 diff(want, view)
             };
@@ -190,16 +193,12 @@ pub fn check_write(
             export,
             ..
         } => {
-            let cmp = known::compare(&kernel, &flat);
-            if cmp.same() {
+            let differences = diff(&kernel, &flat);
+            if differences.is_empty() {
                 Ok(Checked::Written(export))
             } else {
-                let shown: Vec<String> = cmp
-                    .differences
-                    .iter()
-                    .take(6)
-                    .map(|d| d.to_string())
-                    .collect();
+                let shown: Vec<String> =
+                    differences.iter().take(6).map(|d| d.to_string()).collect();
                 Err(format!(
                     "kernel after writes vs apply(lowers + export): {}",
                     shown.join("; ")
@@ -235,28 +234,35 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     } else {
         strategy::XattrNamespace::Trusted
     };
-    let tally_check = |checked: Result<Checked, String>| -> Result<(), TestCaseError> {
-        let checked = checked.map_err(|e| {
-            *failing.borrow_mut() = true;
-            TestCaseError::fail(e)
-        })?;
-        if !*failing.borrow() {
-            *passed.borrow_mut() += 1;
-        }
-        let mut t = tally.borrow_mut();
-        match checked {
-            Checked::Mounted => t.0 += 1,
-            Checked::Written(summary) => {
-                t.0 += 1;
-                let mut m = materialised.borrow_mut();
-                m.0 += summary.redirected_dirs;
-                m.1 += summary.metacopy_files;
+    let cross_layer = RefCell::new(0u64);
+    let tally_check =
+        |stack: &[Vec<TarEntry>], checked: Result<Checked, String>| -> Result<(), TestCaseError> {
+            let checked = checked.map_err(|e| {
+                *failing.borrow_mut() = true;
+                TestCaseError::fail(e)
+            })?;
+            if !*failing.borrow() {
+                *passed.borrow_mut() += 1;
             }
-            Checked::Refused(rule) => *t.1.entry(rule).or_insert(0) += 1,
-            Checked::Applied => {}
-        }
-        Ok(())
-    };
+            let mut t = tally.borrow_mut();
+            if matches!(checked, Checked::Mounted | Checked::Written(_))
+                && strategy::has_cross_layer_link(stack)
+            {
+                *cross_layer.borrow_mut() += 1;
+            }
+            match checked {
+                Checked::Mounted => t.0 += 1,
+                Checked::Written(summary) => {
+                    t.0 += 1;
+                    let mut m = materialised.borrow_mut();
+                    m.0 += summary.redirected_dirs;
+                    m.1 += summary.metacopy_files;
+                }
+                Checked::Refused(rule) => *t.1.entry(rule).or_insert(0) += 1,
+                Checked::Applied => {}
+            }
+            Ok(())
+        };
     let stacks = strategy::stack(opts.max_layers, xattrs);
     let (result, write_ops) = match opts.kind {
         PropKind::Write | PropKind::WriteRedirect => {
@@ -264,13 +270,10 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
             let r = runner.run(&(stacks, crate::write::ops(redirect)), |(stack, ops)| {
                 *count.borrow_mut() += 1;
                 progress(*count.borrow());
-                tally_check(check_write(
-                    &mut scratch.borrow_mut(),
+                tally_check(
                     &stack,
-                    &ops,
-                    convert,
-                    redirect,
-                ))
+                    check_write(&mut scratch.borrow_mut(), &stack, &ops, convert, redirect),
+                )
             });
             match r {
                 Ok(()) => (Ok(()), None),
@@ -285,13 +288,16 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
             runner.run(&stacks, |stack| {
                 *count.borrow_mut() += 1;
                 progress(*count.borrow());
-                tally_check(check_stack(
-                    &mut scratch.borrow_mut(),
+                tally_check(
                     &stack,
-                    convert,
-                    opts.kernel,
-                    opts.kind,
-                ))
+                    check_stack(
+                        &mut scratch.borrow_mut(),
+                        &stack,
+                        convert,
+                        opts.kernel,
+                        opts.kind,
+                    ),
+                )
             }),
             None,
         ),
@@ -312,6 +318,7 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
     let (mounted, refused) = tally.borrow().clone();
     let (renamed_dirs, metacopy_files) = *materialised.borrow();
     let passed_count = *passed.borrow();
+    let cross_layer_links = *cross_layer.borrow();
     PropReport {
         cases: opts.cases,
         passed: passed_count,
@@ -321,6 +328,7 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
         refused,
         renamed_dirs,
         metacopy_files,
+        cross_layer_links,
         seconds,
         stacks_per_second: checked as f64 / seconds.max(1e-9),
         seed: opts.seed,

@@ -4,13 +4,13 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use overlayer::tree::diff;
 use overlayer::{ConvertOptions, Limits, ReadOptions};
 
 use serde::Serialize;
 
 use crate::case::{Case, CaseFile, CaseOptions, Expect, ExpectedError};
 use crate::kernel::{Outcome, Scratch, WriteOutcome};
-use crate::known;
 
 /// The verdict of one side (apply or kernel) of one case.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -129,14 +129,14 @@ pub fn run_case(scratch: &mut Scratch, file: &CaseFile, modes: &[Mode]) -> Resul
     let read = read_options(&case.options);
     let host = HostPaths::record(case);
     let applied = scratch.apply_view(&tars, &read)?;
-    let apply = judge(case, &applied, Side::Flat);
+    let apply = judge(case, &applied);
     let kernel = match kernel_skip(scratch, case) {
         Some(reason) => Verdict::Skip(reason),
         None => {
             let mut verdict = Verdict::Pass;
             for mode in modes {
                 let merged = scratch.kernel_view(&tars, mode.convert_options(read))?;
-                if let Verdict::Fail(d) = judge(case, &merged, Side::Kernel) {
+                if let Verdict::Fail(d) = judge(case, &merged) {
                     verdict = Verdict::Fail(format!("{mode:?}: {d}"));
                     break;
                 }
@@ -193,7 +193,7 @@ fn run_export_case(
                 changes,
                 ..
             } => {
-                let mut apply = judge(case, &Ok(without_mtimes(flat)), Side::Flat);
+                let mut apply = judge(case, &Ok(without_mtimes(flat)));
                 let entries = layer_entries(&layer)?;
                 if apply == Verdict::Pass && entries != ex.entries {
                     apply = Verdict::Fail(format!("exported entries: {entries:?}"));
@@ -202,7 +202,7 @@ fn run_export_case(
                 if apply == Verdict::Pass && lines != ex.changes {
                     apply = Verdict::Fail(format!("changes: {lines:?}"));
                 }
-                let kernel = judge(case, &Ok(without_mtimes(kernel)), Side::Kernel);
+                let kernel = judge(case, &Ok(without_mtimes(kernel)));
                 if apply != Verdict::Pass || kernel != Verdict::Pass {
                     return Ok((tagged(apply, mode), tagged(kernel, mode)));
                 }
@@ -264,6 +264,7 @@ pub fn read_options(o: &CaseOptions) -> ReadOptions {
             max_entries: o.max_entries.unwrap_or(d.max_entries),
             max_file_bytes: o.max_file_bytes.unwrap_or(d.max_file_bytes),
             max_depth: o.max_depth.unwrap_or(d.max_depth),
+            max_extension_bytes: o.max_extension_bytes.unwrap_or(d.max_extension_bytes),
         },
     }
 }
@@ -325,33 +326,18 @@ fn kernel_skip(scratch: &Scratch, case: &Case) -> Option<String> {
     None
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Flat,
-    Kernel,
-}
-
-fn judge(case: &Case, got: &Outcome, side: Side) -> Verdict {
+fn judge(case: &Case, got: &Outcome) -> Verdict {
     match (&case.expect, got) {
         (Expect::View(want), Ok(view)) => {
-            // Expected views are recorded from the kernel, so the flat side
-            // may have coarser hardlink groups.
-            let cmp = match side {
-                Side::Flat => known::compare(want, view),
-                Side::Kernel => known::compare(view, want),
-            };
-            if cmp.same() {
+            let differences = diff(want, view);
+            if differences.is_empty() {
                 Verdict::Pass
             } else {
-                let shown: Vec<String> = cmp
-                    .differences
-                    .iter()
-                    .take(5)
-                    .map(|d| d.to_string())
-                    .collect();
+                let shown: Vec<String> =
+                    differences.iter().take(5).map(|d| d.to_string()).collect();
                 Verdict::Fail(format!(
                     "{} difference(s): {}",
-                    cmp.differences.len(),
+                    differences.len(),
                     shown.join("; ")
                 ))
             }

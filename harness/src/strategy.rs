@@ -69,7 +69,7 @@ pub fn entry(depth: usize, ns: XattrNamespace) -> impl Strategy<Value = TarEntry
             4 => Just(EntryType::File),
             4 => Just(EntryType::Dir),
             2 => Just(EntryType::Symlink),
-            1 => Just(EntryType::Hardlink),
+            3 => Just(EntryType::Hardlink),
             1 => Just(EntryType::Fifo),
             1 => Just(EntryType::Char),
         ],
@@ -170,29 +170,83 @@ pub fn stack(max_layers: usize, ns: XattrNamespace) -> impl Strategy<Value = Vec
         })
 }
 
-/// Points most hardlinks at a non-directory written earlier in the stack (a
-/// random name is nearly always missing); one in eight keeps its random name.
+/// Points most hardlinks at a name that exists when the link is read (a
+/// random name is nearly always missing); one in eight keeps its random
+/// name. Three in four of the aimed ones pick a non-directory of the merged
+/// view below the link's layer (as the model computes it) where there is one:
+/// cross-layer groups (a link to a lower file, chains of links over several
+/// layers, links to names a later layer renames or deletes) are where
+/// convert has to copy a group up. The rest pick a file or link written
+/// earlier in the stack.
 fn aim_hardlinks(stack: &mut [Vec<TarEntry>], picks: &[u8]) {
     let mut earlier: Vec<String> = Vec::new();
     let mut n = 0;
-    for entry in stack.iter_mut().flatten() {
-        if let Some(random) = entry.target.as_ref().and_then(|t| t.strip_prefix(PICK)) {
-            let pick = picks[n % picks.len()] as usize;
-            n += 1;
-            entry.target = Some(if earlier.is_empty() || pick.is_multiple_of(8) {
-                random.to_string()
-            } else {
-                earlier[pick % earlier.len()].clone()
-            });
-        }
-        if entry.kind == EntryType::File && !entry.path.contains(".wh.") {
-            earlier.push(
-                entry
-                    .path
-                    .trim_start_matches("./")
-                    .trim_start_matches('/')
-                    .to_string(),
-            );
+    for layer in 0..stack.len() {
+        let lower: Vec<String> = if layer == 0 {
+            Vec::new()
+        } else {
+            crate::model::run(&stack[..layer])
+                .map(|view| {
+                    view.nodes
+                        .into_iter()
+                        .filter(|(_, node)| node.kind != overlayer::tree::Type::Dir)
+                        .map(|(path, _)| path)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for entry in &mut stack[layer] {
+            if let Some(random) = entry.target.as_ref().and_then(|t| t.strip_prefix(PICK)) {
+                let pick = picks[n % picks.len()] as usize;
+                n += 1;
+                if pick.is_multiple_of(8) {
+                    entry.target = Some(random.to_string());
+                } else if !lower.is_empty() && (pick % 4 != 1 || earlier.is_empty()) {
+                    entry.target = Some(lower[pick / 4 % lower.len()].clone());
+                } else if !earlier.is_empty() {
+                    entry.target = Some(earlier[pick % earlier.len()].clone());
+                } else {
+                    // Nothing to aim at yet: a plain file instead.
+                    entry.kind = EntryType::File;
+                    entry.target = None;
+                }
+            }
+            if matches!(entry.kind, EntryType::File | EntryType::Hardlink)
+                && !entry.path.contains(".wh.")
+            {
+                earlier.push(plain_name(&entry.path));
+            }
         }
     }
+}
+
+fn plain_name(path: &str) -> String {
+    path.trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// True if a hardlink in some layer names a file or link written by a lower
+/// layer (by name, before symlinks: what the generator aimed at).
+pub fn has_cross_layer_link(stack: &[Vec<TarEntry>]) -> bool {
+    let mut below: std::collections::HashSet<String> = Default::default();
+    for layer in stack {
+        let mut here = Vec::new();
+        for entry in layer {
+            if entry.kind == EntryType::Hardlink
+                && entry
+                    .target
+                    .as_deref()
+                    .is_some_and(|t| below.contains(&plain_name(t)))
+            {
+                return true;
+            }
+            if matches!(entry.kind, EntryType::File | EntryType::Hardlink) {
+                here.push(plain_name(&entry.path));
+            }
+        }
+        below.extend(here);
+    }
+    false
 }

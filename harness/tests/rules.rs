@@ -9,7 +9,7 @@ use overlayer::tree::{Type, View};
 use overlayer::ConvertOptions;
 use overlayer_harness::case::{build_tar, EntryType, TarEntry};
 use overlayer_harness::kernel::{self, Outcome};
-use overlayer_harness::{known, model};
+use overlayer_harness::model;
 
 fn file(path: &str, text: &str) -> TarEntry {
     TarEntry {
@@ -91,8 +91,8 @@ fn outcome(layers: &[Vec<TarEntry>]) -> Result<View, String> {
     if let Some(merged) = merged {
         match (&applied, &merged) {
             (Ok(flat), Ok(kernel)) => {
-                let cmp = known::compare(kernel, flat);
-                assert!(cmp.same(), "kernel vs apply: {:?}", cmp.differences);
+                let differences = overlayer::tree::diff(kernel, flat);
+                assert!(differences.is_empty(), "kernel vs apply: {differences:?}");
                 assert!(
                     kernel.defects.is_empty(),
                     "kernel defects: {:?}",
