@@ -5,7 +5,7 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-TEST_DEBS := attr
+TEST_DEBS := attr time
 VM_DEBS := qemu-system-x86 busybox-static cpio attr xz-utils zstd
 
 .PHONY: all build test test-deps vm-test vm-deps fmt lint replay prop bench clean fuzz

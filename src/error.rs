@@ -59,6 +59,10 @@ pub enum Rule {
     WhiteoutNotRegular,
     /// Strict: AUFS `.wh..wh.*` metadata, which lenient mode skips.
     AufsMetadata,
+    /// Strict: `user.*` xattrs on a symlink, fifo or device node, which
+    /// Linux allows only on regular files and directories (xattr(7));
+    /// lenient mode drops them with a notice.
+    UserXattrOnSpecialFile,
 }
 
 impl Rule {
@@ -88,6 +92,7 @@ impl Rule {
             Rule::WhiteoutInnerComponent => "whiteout-inner-component",
             Rule::WhiteoutNotRegular => "whiteout-not-regular",
             Rule::AufsMetadata => "aufs-metadata",
+            Rule::UserXattrOnSpecialFile => "user-xattr-on-special-file",
         }
     }
 
@@ -126,6 +131,9 @@ impl Rule {
                 "a whiteout must be an empty regular file (OCI layer.md; --strict)"
             }
             Rule::AufsMetadata => "AUFS `.wh..wh.` metadata in the layer (--strict)",
+            Rule::UserXattrOnSpecialFile => {
+                "Linux allows user.* xattrs only on regular files and directories (xattr(7); --strict)"
+            }
         }
     }
 }

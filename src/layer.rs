@@ -226,7 +226,7 @@ impl<R: Read> Read for Counted<R> {
 }
 
 /// Reads the layers of one stack, bottom first, keeping the budget of the
-/// limits across them and collecting strict-mode notices.
+/// limits across them and collecting notices.
 pub struct StackReader {
     opts: ReadOptions,
     entries: u64,
@@ -380,7 +380,7 @@ impl StackReader {
                 ));
             }
             let strict = self.opts.strict.then_some(&mut seen);
-            let entry = match parse_entry(&member, &raw_name, strict) {
+            let mut entry = match parse_entry(&member, &raw_name, strict) {
                 Ok(Some(entry)) => entry,
                 Ok(None) => continue,
                 Err(fault) => return Err(fault.at(layer, last)),
@@ -395,6 +395,7 @@ impl StackReader {
                     format!("{depth} components, limit {}", limits.max_depth),
                 ));
             }
+            self.user_xattrs_on_special_files(layer, &mut entry)?;
             if self.opts.strict {
                 self.notice(layer, &entry);
             }
@@ -408,6 +409,48 @@ impl StackReader {
                 .skip_rest()
                 .map_err(|e| stream_error(layer, last, limits.max_extension_bytes, e))?;
         }
+        Ok(())
+    }
+
+    /// xattr(7): `user.*` xattrs exist only on regular files and
+    /// directories, so a layer's `user.*` records on a symlink, fifo or
+    /// device node cannot be applied by anyone. Strict mode refuses them;
+    /// lenient mode drops them with a notice, in apply and convert alike.
+    /// (Export never meets them: no Linux filesystem stores them.)
+    fn user_xattrs_on_special_files(&mut self, layer: usize, entry: &mut Entry) -> Result<()> {
+        if !matches!(
+            entry.kind,
+            EntryKind::Symlink(_) | EntryKind::Fifo | EntryKind::Char(..) | EntryKind::Block(..)
+        ) {
+            return Ok(());
+        }
+        let user: Vec<&str> = entry
+            .meta
+            .xattrs
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| name.starts_with(spec::USER_XATTR_PREFIX))
+            .collect();
+        if user.is_empty() {
+            return Ok(());
+        }
+        if self.opts.strict {
+            return Err(Error::Invalid {
+                layer,
+                entry: entry.name.clone(),
+                rule: Rule::UserXattrOnSpecialFile,
+                detail: Some(user.join(", ")),
+            });
+        }
+        self.notices.push(Notice {
+            layer,
+            entry: entry.name.clone(),
+            what: "user.* xattrs dropped: Linux allows them only on regular files and directories",
+        });
+        entry
+            .meta
+            .xattrs
+            .retain(|(name, _)| !name.starts_with(spec::USER_XATTR_PREFIX));
         Ok(())
     }
 
@@ -432,19 +475,21 @@ fn stream_error(layer: usize, last: &str, limit: u64, e: StreamError) -> Error {
             kind,
             header_name,
             size,
-        } => Error::Invalid {
-            layer,
-            entry: if header_name.is_empty() {
-                format!("after {last}")
+        } => {
+            let what = format!("{} of {size} bytes, limit {limit}", kind.describe());
+            // Writers often leave an extension header's own name empty.
+            let (entry, detail) = if header_name.is_empty() {
+                (format!("after {last}"), what)
             } else {
-                header_name
-            },
-            rule: Rule::LimitExtensionBytes,
-            detail: Some(format!(
-                "{} of {size} bytes, limit {limit}, after entry {last:?}",
-                kind.describe()
-            )),
-        },
+                (header_name, format!("{what}, after entry {last:?}"))
+            };
+            Error::Invalid {
+                layer,
+                entry,
+                rule: Rule::LimitExtensionBytes,
+                detail: Some(detail),
+            }
+        }
         StreamError::Corrupt(detail) => Error::Invalid {
             layer,
             entry: format!("after {last}"),

@@ -63,7 +63,8 @@ pub struct ReadOptions {
     pub strict: bool,
 }
 
-/// Something strict mode reports without refusing the layer.
+/// Something reported without refusing the layer: in strict mode setuid and
+/// setgid files and device nodes; in lenient mode what was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Notice {
     pub layer: usize,

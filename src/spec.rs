@@ -27,6 +27,11 @@ pub const WHITEOUT_RDEV: (u32, u32) = (0, 0);
 /// star, GNU tar and every layer writer (Go's archive/tar) use it.
 pub const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
+/// xattr(7): "user extended attributes may be assigned to files and
+/// directories"; the kernel refuses them (EPERM) on symlinks, fifos, sockets
+/// and device nodes.
+pub const USER_XATTR_PREFIX: &str = "user.";
+
 /// overlayfs.rst: the privileged xattr namespace for overlay metadata.
 pub const TRUSTED_OVERLAY: &str = "trusted.overlay.";
 /// overlayfs.rst: with `-o userxattr` overlay uses the `user.` namespace.

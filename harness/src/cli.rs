@@ -76,7 +76,7 @@ impl ReadArgs {
 fn report_notices(summary: &overlayer::Summary) {
     for n in &summary.notices {
         eprintln!(
-            "overlayer: strict: layer {}: entry {:?}: {}",
+            "overlayer: notice: layer {}: entry {:?}: {}",
             n.layer, n.entry, n.what
         );
     }

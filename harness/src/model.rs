@@ -231,6 +231,18 @@ impl Model {
             xattrs: entry
                 .xattrs
                 .iter()
+                // Linux keeps user.* xattrs on files and directories only;
+                // lenient mode drops the rest.
+                .filter(|(k, _)| {
+                    !k.starts_with("user.")
+                        || !matches!(
+                            entry.kind,
+                            EntryType::Symlink
+                                | EntryType::Fifo
+                                | EntryType::Char
+                                | EntryType::Block
+                        )
+                })
                 .map(|(k, v)| (k.clone(), xattr_bytes(v).unwrap_or_default()))
                 .collect(),
         };

@@ -101,13 +101,9 @@ pub fn entry(depth: usize, ns: XattrNamespace) -> impl Strategy<Value = TarEntry
                     EntryType::Hardlink => Some(format!("{PICK}{}", linkparts.join("/"))),
                     _ => None,
                 };
-                // user.* xattrs cannot sit on symlinks or special files;
-                // trusted.* would, but the two namespaces are kept alike.
-                let xattrs = if matches!(kind, EntryType::File | EntryType::Dir) {
-                    xattrs
-                } else {
-                    BTreeMap::new()
-                };
+                // On symlinks and special files, user.* xattrs are dropped
+                // (Linux keeps them on files and directories only) and
+                // trusted.* ones kept; hardlinks' own headers are ignored.
                 TarEntry {
                     path,
                     kind,

@@ -347,3 +347,65 @@ fn pax_owner_beyond_32_bits_is_refused_not_truncated_to_root() {
         Some(Rule::InvalidOwner)
     );
 }
+
+/// xattr(7): `user.*` xattrs only on regular files and directories. A layer
+/// carrying them on a symlink and a fifo: apply and convert (the binary)
+/// both succeed, drop them and say so naming each entry; `--strict` refuses
+/// with the rule. Never an unnamed EPERM.
+#[test]
+fn user_xattrs_on_symlinks_and_fifos_are_dropped_or_refused_by_name() {
+    use overlayer_harness::case::{EntryType, TarEntry};
+    let special = |path: &str, kind| TarEntry {
+        path: path.into(),
+        kind,
+        target: (kind == EntryType::Symlink).then(|| "f".into()),
+        xattrs: [("user.k".to_string(), "v".to_string())].into(),
+        ..Default::default()
+    };
+    let layer = tar_of(&[
+        entry("f", "f"),
+        special("l", EntryType::Symlink),
+        special("p", EntryType::Fifo),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = tmp.path().join("layer.tar");
+    std::fs::write(&tar, &layer).unwrap();
+    let run = |args: &[&str], out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_overlayer"))
+            .args(args)
+            .arg(&tar)
+            .arg("--out")
+            .arg(tmp.path().join(out))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let mut commands = vec!["apply"];
+    if overlayer_harness::kernel::available_or_skip("convert writes trusted xattrs") {
+        commands.push("convert");
+    }
+    for cmd in commands {
+        let (code, stderr) = run(&[cmd], &format!("{cmd}-lenient"));
+        assert_eq!(code, Some(0), "{cmd}: {stderr}");
+        for name in ["l", "p"] {
+            assert!(
+                stderr.contains(&format!(
+                    "notice: layer 0: entry \"{name}\": user.* xattrs dropped"
+                )),
+                "{cmd}: {stderr}"
+            );
+        }
+        let (code, stderr) = run(&[cmd, "--strict"], &format!("{cmd}-strict"));
+        assert_eq!(code, Some(2), "{cmd} --strict: {stderr}");
+        assert!(
+            stderr.contains("layer 0: entry \"l\"")
+                && stderr.contains("[user-xattr-on-special-file]")
+                && stderr.contains("user.k"),
+            "{cmd} --strict: {stderr}"
+        );
+        assert!(!tmp.path().join(format!("{cmd}-strict")).exists());
+    }
+}
