@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use overlayer::{ExportOptions, Limits, ReadOptions};
 
+use crate::case;
 use crate::prop;
-use crate::replay;
 
 #[derive(Parser)]
 #[command(
@@ -180,7 +180,7 @@ pub(super) enum Command {
         /// Check the kernel side with these overlay markings (repeatable);
         /// default: every marking the running kernel supports.
         #[arg(long = "marks", value_enum)]
-        modes: Vec<replay::Mode>,
+        modes: Vec<case::Mode>,
         /// Rewrite each case's expected outcome from the kernel's view.
         #[arg(long)]
         record: bool,
@@ -208,7 +208,7 @@ pub(super) enum Command {
         mode: prop::PropKind,
         /// Overlay markings of the converted layers.
         #[arg(long, value_enum, default_value = "trusted")]
-        marks: replay::Mode,
+        marks: case::Mode,
         /// Compare apply with the model only, without mounting.
         #[arg(long)]
         no_kernel: bool,
