@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use overlayer::tree::View;
+use overlayer::{ConvertOptions, ReadOptions};
 use serde::{Deserialize, Serialize};
+
+use crate::kernel::Scratch;
 
 /// One regression case.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,7 +52,7 @@ pub struct ExportCase {
     /// Markings to run in (`trusted`, `userxattr`, `xwhiteouts`); those the
     /// kernel lacks are skipped. Default: trusted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub marks: Vec<crate::replay::Mode>,
+    pub marks: Vec<Mode>,
     /// Syscalls on the merged view, in order (`rename d1 d2`; see
     /// `WriteOp::from_str`). Failing ones are part of the case.
     pub writes: Vec<String>,
@@ -67,11 +70,45 @@ impl ExportCase {
             .collect()
     }
 
-    pub fn marks(&self) -> Vec<crate::replay::Mode> {
+    pub fn marks(&self) -> Vec<Mode> {
         if self.marks.is_empty() {
-            vec![crate::replay::Mode::Trusted]
+            vec![Mode::Trusted]
         } else {
             self.marks.clone()
+        }
+    }
+}
+
+/// How converted layers are marked for the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `trusted.overlay.*` markers, char device whiteouts.
+    Trusted,
+    /// `user.overlay.*` markers, mounted with `-o userxattr`.
+    Userxattr,
+    /// Xattr whiteouts (Linux 6.7+) instead of char devices.
+    Xwhiteouts,
+}
+
+impl Mode {
+    pub fn convert_options(self, read: ReadOptions) -> ConvertOptions {
+        ConvertOptions {
+            userxattr: self == Mode::Userxattr,
+            xwhiteouts: self == Mode::Xwhiteouts,
+            read,
+        }
+    }
+
+    /// Why this kernel and scratch filesystem cannot run the mode, if so.
+    pub fn unavailable(self, scratch: &Scratch) -> Option<&'static str> {
+        let features = crate::kernel::probe_cached();
+        match self {
+            Mode::Trusted => None,
+            _ if !scratch.user_xattrs() => Some(crate::kernel::NO_USER_XATTRS),
+            Mode::Userxattr if !features.userxattr => Some("no -o userxattr"),
+            Mode::Xwhiteouts if !features.xwhiteouts => Some("no xattr whiteouts (Linux 6.7+)"),
+            _ => None,
         }
     }
 }
@@ -490,7 +527,7 @@ mod tests {
             accept: vec![],
             export: Some(ExportCase {
                 redirect: true,
-                marks: vec![crate::replay::Mode::Userxattr],
+                marks: vec![Mode::Userxattr],
                 writes: vec!["rename a b".into()],
                 entries: vec!["./".into()],
                 changes: vec!["D /a".into()],

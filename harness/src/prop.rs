@@ -22,7 +22,7 @@ pub struct PropOptions {
     pub seed: u64,
     pub max_layers: usize,
     /// Overlay markings of the converted layers.
-    pub marks: crate::replay::Mode,
+    pub marks: crate::case::Mode,
     /// Check the kernel too (when it can mount).
     pub kernel: bool,
     /// Reading options for apply (the defaults, unless a test says otherwise).

@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use anyhow::Result;
 use overlayer::tree::diff;
-use overlayer::{ConvertOptions, Limits, ReadOptions};
+use overlayer::{Limits, ReadOptions};
 
 use serde::Serialize;
 
-use crate::case::{Case, CaseFile, CaseOptions, Expect, ExpectedError};
+use crate::case::{Case, CaseFile, CaseOptions, Expect, ExpectedError, Mode};
 use crate::kernel::{Outcome, Scratch, WriteOutcome};
 
 /// The verdict of one side (apply or kernel) of one case.
@@ -38,40 +38,6 @@ pub struct CaseResult {
     pub apply: Verdict,
     pub kernel: Verdict,
     pub ms: f64,
-}
-
-/// How converted layers are marked for the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// `trusted.overlay.*` markers, char device whiteouts.
-    Trusted,
-    /// `user.overlay.*` markers, mounted with `-o userxattr`.
-    Userxattr,
-    /// Xattr whiteouts (Linux 6.7+) instead of char devices.
-    Xwhiteouts,
-}
-
-impl Mode {
-    pub fn convert_options(self, read: ReadOptions) -> ConvertOptions {
-        ConvertOptions {
-            userxattr: self == Mode::Userxattr,
-            xwhiteouts: self == Mode::Xwhiteouts,
-            read,
-        }
-    }
-
-    /// Why this kernel and scratch filesystem cannot run the mode, if so.
-    pub fn unavailable(self, scratch: &Scratch) -> Option<&'static str> {
-        let features = crate::kernel::probe_cached();
-        match self {
-            Mode::Trusted => None,
-            _ if !scratch.user_xattrs() => Some(crate::kernel::NO_USER_XATTRS),
-            Mode::Userxattr if !features.userxattr => Some("no -o userxattr"),
-            Mode::Xwhiteouts if !features.xwhiteouts => Some("no xattr whiteouts (Linux 6.7+)"),
-            _ => None,
-        }
-    }
 }
 
 /// Options of a replay.

@@ -11,7 +11,7 @@ fn run_clean(kind: PropKind, cases: u32, seed: u64, max_layers: usize) -> PropRe
         cases,
         seed,
         max_layers,
-        marks: overlayer_harness::replay::Mode::Trusted,
+        marks: overlayer_harness::case::Mode::Trusted,
         kernel: true,
         read: Default::default(),
         kind,

@@ -1,0 +1,101 @@
+//! `check`: a third-party unpacker against the kernel's merged views.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::write_file;
+use crate::case;
+use crate::replay::{self, Verdict};
+
+pub(super) fn check_cmd(
+    unpacker: &str,
+    format: crate::imagefmt::ImageFormat,
+    cases: Vec<PathBuf>,
+    generated: u32,
+    seed: u64,
+    json: Option<PathBuf>,
+    junit: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let roots = if cases.is_empty() {
+        vec![PathBuf::from("cases")]
+    } else {
+        cases
+    };
+    let mut all: Vec<(String, case::Case)> = case::discover(&roots)?
+        .iter()
+        .map(|p| case::load(p).map(|f| (f.name, f.case)))
+        .collect::<Result<_>>()?;
+    all.extend(crate::check::generated(generated, seed));
+    let user_xattrs = crate::check::tmp_takes_user_xattrs();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(all.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .expect("template"),
+        );
+        bar
+    });
+    let mut results = Vec::new();
+    for (name, case) in &all {
+        if let Some(bar) = &bar {
+            bar.set_message(name.clone());
+        }
+        let r = crate::check::check_case(name, case, unpacker, format, user_xattrs)
+            .with_context(|| format!("case {name}"))?;
+        results.push(r);
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let width = results
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!("{:width$}  {:7} first difference", "case", "verdict");
+    for r in &results {
+        println!("{:width$}  {:7} {}", r.name, r.verdict, r.detail);
+    }
+    let count = |v: &str| results.iter().filter(|r| r.verdict == v).count();
+    let (passed, failed, skipped) = (count("pass"), count("fail"), count("skip"));
+    println!(
+        "{unpacker} ({format:?}): {} cases, {passed} passed, {failed} failed, {skipped} skipped",
+        results.len()
+    );
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "unpacker": unpacker, "image_format": format,
+            "total": results.len(), "passed": passed, "failed": failed, "skipped": skipped,
+            "cases": results,
+        });
+        write_file(&path, &serde_json::to_string_pretty(&doc)?)?;
+    }
+    if let Some(path) = junit {
+        let rows: Vec<replay::CaseResult> = results
+            .iter()
+            .map(|r| replay::CaseResult {
+                name: r.name.clone(),
+                apply: match r.verdict {
+                    "pass" => Verdict::Pass,
+                    "skip" => Verdict::Skip(r.detail.clone()),
+                    _ => Verdict::Fail(r.detail.clone()),
+                },
+                kernel: Verdict::Pass,
+                ms: r.ms,
+            })
+            .collect();
+        write_file(&path, &replay::junit(&rows))?;
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
