@@ -144,6 +144,167 @@ impl fmt::Display for Rule {
     }
 }
 
+/// A rule of the image formats that an OCI image layout or a `docker save`
+/// archive broke: the image-spec's image-layout.md, image-index.md,
+/// manifest.md, config.md and descriptor.md, docker save's `manifest.json`,
+/// and overlayer's confinement of blob paths. `code()` is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRule {
+    /// A single file that is neither an OCI layout (in a tar) nor a `docker
+    /// save` archive: `open_any` reads it as a raw layer instead.
+    NotAnImage,
+    /// A directory without `index.json` (image-layout.md: REQUIRED).
+    NoIndex,
+    /// A JSON document (`index.json`, a manifest, an index, a config,
+    /// `manifest.json`) that does not parse as JSON.
+    NotJson,
+    /// JSON whose fields do not have the types and presence the schema
+    /// requires (serde's message, with its line and column).
+    BadField,
+    /// A digest whose algorithm is not one descriptor.md registers and
+    /// overlayer verifies: `sha256` and `sha512`.
+    DigestAlgorithm,
+    /// A digest whose encoded part is not lowercase hex of the algorithm's
+    /// length (descriptor.md), or with no `algorithm:` at all. Refused
+    /// before any path is built from it.
+    DigestEncoding,
+    /// A blob whose length is not the descriptor's `size` (descriptor.md:
+    /// the content SHOULD NOT be trusted).
+    SizeMismatch,
+    /// A blob whose content does not hash to its digest (image-layout.md:
+    /// `blobs/<alg>/<encoded>` MUST match `<alg>:<encoded>`).
+    DigestMismatch,
+    /// An uncompressed layer that does not hash to the config's
+    /// `rootfs.diff_ids` entry (config.md).
+    DiffIdMismatch,
+    /// A blob or file the image refers to is not in it.
+    MissingBlob,
+    /// A blob (or `index.json`, or a directory on the way to a blob) that is
+    /// a symlink, or not a regular file (directory, fifo, device): blob
+    /// paths are never followed out of the layout.
+    BlobNotRegular,
+    /// A `mediaType` that is not what the place requires: an index's or
+    /// manifest's own, a config's, a layer's.
+    MediaType,
+    /// An index that lists no usable manifest.
+    NoManifest,
+    /// No manifest for the platform asked for (`--platform`).
+    PlatformNotFound,
+    /// No manifest or image with the tag asked for (`DIR:TAG`, `FILE:TAG`).
+    TagNotFound,
+    /// Several manifests or images match: one must be named by tag.
+    SeveralManifests,
+    /// The config's `rootfs.diff_ids` and the manifest's layers differ in
+    /// number.
+    LayerCount,
+    /// A name in `manifest.json` or in the archive that is absolute or
+    /// climbs out with `..`.
+    PathOutside,
+    /// The archive cannot be read as a tar.
+    BadArchive,
+    /// A JSON document larger than `image::MAX_DOCUMENT` (64 MiB).
+    TooLarge,
+}
+
+impl ImageRule {
+    /// Stable identifier, used in messages and JSON.
+    pub fn code(self) -> &'static str {
+        match self {
+            ImageRule::NotAnImage => "not-an-image",
+            ImageRule::NoIndex => "no-index",
+            ImageRule::NotJson => "not-json",
+            ImageRule::BadField => "bad-field",
+            ImageRule::DigestAlgorithm => "digest-algorithm",
+            ImageRule::DigestEncoding => "digest-encoding",
+            ImageRule::SizeMismatch => "size-mismatch",
+            ImageRule::DigestMismatch => "digest-mismatch",
+            ImageRule::DiffIdMismatch => "diff-id-mismatch",
+            ImageRule::MissingBlob => "missing-blob",
+            ImageRule::BlobNotRegular => "blob-not-regular",
+            ImageRule::MediaType => "media-type",
+            ImageRule::NoManifest => "no-manifest",
+            ImageRule::PlatformNotFound => "platform-not-found",
+            ImageRule::TagNotFound => "tag-not-found",
+            ImageRule::SeveralManifests => "several-manifests",
+            ImageRule::LayerCount => "layer-count",
+            ImageRule::PathOutside => "path-outside",
+            ImageRule::BadArchive => "bad-archive",
+            ImageRule::TooLarge => "too-large",
+        }
+    }
+
+    /// What the rule asks, in a sentence.
+    pub fn explain(self) -> &'static str {
+        match self {
+            ImageRule::NotAnImage => "neither an OCI layout nor a docker save archive",
+            ImageRule::NoIndex => "an OCI layout holds index.json (image-layout.md)",
+            ImageRule::NotJson => "the document is not JSON",
+            ImageRule::BadField => "a field is missing or has the wrong type",
+            ImageRule::DigestAlgorithm => {
+                "digests are sha256 or sha512, the algorithms descriptor.md registers"
+            }
+            ImageRule::DigestEncoding => {
+                "a digest is algorithm:encoded, encoded in lowercase hex of the algorithm's length (descriptor.md)"
+            }
+            ImageRule::SizeMismatch => "the blob's length is not the descriptor's size (descriptor.md)",
+            ImageRule::DigestMismatch => "the blob does not hash to its digest (image-layout.md)",
+            ImageRule::DiffIdMismatch => {
+                "the uncompressed layer does not hash to the config's diff_id (config.md)"
+            }
+            ImageRule::MissingBlob => "a blob or file the image refers to is not in it",
+            ImageRule::BlobNotRegular => {
+                "blobs are regular files inside the image, reached without following a symlink"
+            }
+            ImageRule::MediaType => "the mediaType is not one this place takes",
+            ImageRule::NoManifest => "the index lists no image manifest",
+            ImageRule::PlatformNotFound => "no manifest for the platform",
+            ImageRule::TagNotFound => "no manifest or image with the tag",
+            ImageRule::SeveralManifests => "several manifests match: name one as IMAGE:TAG",
+            ImageRule::LayerCount => "the config's diff_ids and the layers differ in number",
+            ImageRule::PathOutside => "a name is absolute or climbs out of the image with `..`",
+            ImageRule::BadArchive => "the archive cannot be read as a tar",
+            ImageRule::TooLarge => "a JSON document is larger than 64 MiB",
+        }
+    }
+}
+
+impl fmt::Display for ImageRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]", self.explain(), self.code())
+    }
+}
+
+/// An image that broke an [`ImageRule`]: which image, which file in it
+/// (relative to the image root: `index.json`, `blobs/sha256/…`,
+/// `manifest.json`), where in that file, and what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageError {
+    /// The image as named: the layout directory or the archive.
+    pub image: String,
+    /// The file, relative to the image root; empty for the image itself.
+    pub file: String,
+    /// A position (`line 1, column 37`) or a field (`manifests[0].digest`).
+    pub at: Option<String>,
+    pub rule: ImageRule,
+    /// What was wrong, specifically.
+    pub detail: String,
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "image {}: ", self.image)?;
+        if !self.file.is_empty() {
+            write!(f, "{}: ", self.file)?;
+        }
+        if let Some(at) = &self.at {
+            write!(f, "{at}: ")?;
+        }
+        write!(f, "{} [{}]", self.detail, self.rule.code())
+    }
+}
+
+impl std::error::Error for ImageError {}
+
 /// Everything that can go wrong in the library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -167,6 +328,9 @@ pub enum Error {
     /// The work was cancelled (Ctrl-C); nothing was left behind.
     #[error("cancelled")]
     Cancelled,
+    /// An image (OCI layout or `docker save` archive) broke a rule.
+    #[error(transparent)]
+    Image(Box<ImageError>),
     /// An operation on an output or captured directory failed, outside any layer.
     #[error("{path}: {op}: {source}")]
     Path {
@@ -193,13 +357,21 @@ impl Error {
         }
     }
 
+    /// The broken image rule, if this is an image that broke one.
+    pub fn image_rule(&self) -> Option<ImageRule> {
+        match self {
+            Error::Image(e) => Some(e.rule),
+            _ => None,
+        }
+    }
+
     /// The layer index and entry name, if the error concerns an entry.
     pub fn location(&self) -> Option<(usize, &str)> {
         match self {
             Error::Invalid { layer, entry, .. } | Error::Io { layer, entry, .. } => {
                 Some((*layer, entry.as_str()))
             }
-            Error::Path { .. } | Error::Cancelled => None,
+            Error::Path { .. } | Error::Image(_) | Error::Cancelled => None,
         }
     }
 

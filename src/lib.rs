@@ -30,7 +30,7 @@ pub mod to_overlay;
 pub mod tree;
 
 pub use apply::{apply_into, apply_to_new_dir, apply_to_new_dir_with};
-pub use error::{Error, Result, Rule};
+pub use error::{Error, ImageError, ImageRule, Result, Rule};
 pub use limits::{Limits, Notice, ReadOptions, Summary};
 pub use to_oci::{
     changes, export, export_to_file, Change, ExportOptions, ExportSummary, Redirects,

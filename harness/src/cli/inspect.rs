@@ -60,8 +60,7 @@ pub(super) fn diff(a: PathBuf, b: PathBuf, json: bool) -> Result<ExitCode> {
 }
 
 pub(super) fn hidden(image: Vec<String>, platform: String, json: bool) -> Result<ExitCode> {
-    let img = overlayer::image::open_any(&image, &platform)
-        .with_context(|| format!("open image {}", image.join(" ")))?;
+    let img = overlayer::image::open_any(&image, &platform)?;
     let found = overlayer::hidden::hidden(img.readers()?, &ReadOptions::default())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);

@@ -92,8 +92,7 @@ pub(super) fn unpack(
     xwhiteouts: bool,
     read: ReadArgs,
 ) -> Result<ExitCode> {
-    let img = overlayer::image::open_any(&image, &platform)
-        .with_context(|| format!("open image {}", image.join(" ")))?;
+    let img = overlayer::image::open_any(&image, &platform)?;
     let readers = img.readers()?;
     match format {
         UnpackFormat::Flat => {
