@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 use crate::error::{Error, ImageError, ImageRule, Result};
 use crate::layer::normalise;
+use crate::tar_stream::{StreamError, TarStream};
 
 /// The annotation naming a manifest's tag in an OCI layout's index.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -1028,66 +1029,70 @@ fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
         .map_err(|e| Error::path("temporary directory", "create", e))?;
     let file = File::open(path).map_err(|e| Error::path(path, "open image", e))?;
     let reader = crate::layer::decompress(file).map_err(|e| Error::path(path, "read image", e))?;
-    let mut archive = tar::Archive::new(reader);
+    // Headers are read by the layer reader's stream, so an extension record
+    // (PAX, GNU long name) is bounded as in a layer.
+    let mut stream = TarStream::new(reader, crate::Limits::DEFAULT_MAX_EXTENSION_BYTES);
     let mut image_like = false;
     let mut bad_name: Option<(String, crate::Rule)> = None;
-    let mut broken: Option<io::Error> = None;
+    let mut broken: Option<String> = None;
     let mut unwritable: Option<Error> = None;
-    match archive.entries() {
-        Err(e) => broken = Some(e),
-        Ok(entries) => {
-            for entry in entries {
-                let mut entry = match entry {
-                    Ok(e) => e,
-                    Err(e) => {
-                        broken = Some(e);
-                        break;
-                    }
-                };
-                if entry.header().entry_type() != tar::EntryType::Regular {
-                    continue;
-                }
-                let name = entry.path_bytes().into_owned();
-                let rel = match normalise(&name) {
-                    Ok(rel) => rel,
-                    Err(rule) => {
-                        let shown = String::from_utf8_lossy(&name).into_owned();
-                        bad_name.get_or_insert((shown, rule));
-                        continue;
-                    }
-                };
-                if let [top] = rel.as_slice() {
-                    image_like |= top == SAVE_MANIFEST || top == INDEX_JSON;
-                }
-                if rel.is_empty() {
-                    continue;
-                }
-                let dest = scratch.path().join(rel.join("/"));
-                // A raw layer may hold `a` and then `a/b`: no image does,
-                // and a raw layer is judged later by the layer rules.
-                let parent = dest.parent().expect("below the scratch directory");
-                if let Err(e) = std::fs::create_dir_all(parent) {
-                    unwritable.get_or_insert(Error::path(parent.display(), "mkdir", e));
-                    continue;
-                }
-                let mut out = match File::create(&dest) {
-                    Ok(out) => out,
-                    Err(e) => {
-                        unwritable.get_or_insert(Error::path(dest.display(), "create", e));
-                        continue;
-                    }
-                };
-                match copy_entry(&mut entry, &mut out) {
-                    Ok(()) => {}
-                    Err(CopyFault::Read(e)) => {
-                        broken = Some(e);
-                        break;
-                    }
-                    Err(CopyFault::Write(e)) => {
-                        return Err(Error::path(dest.display(), "write", e))
-                    }
-                }
+    loop {
+        let member = match stream.next_member() {
+            Ok(Some(member)) => member,
+            Ok(None) => break,
+            Err(e) => {
+                broken = Some(match e {
+                    StreamError::Corrupt(why) => why,
+                    StreamError::Io(e) => e.to_string(),
+                    StreamError::ExtensionTooLarge { kind, size, .. } => format!(
+                        "{} of {size} bytes, limit {}",
+                        kind.describe(),
+                        crate::Limits::DEFAULT_MAX_EXTENSION_BYTES
+                    ),
+                });
+                break;
             }
+        };
+        if member.header.entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let name = member.path_bytes().into_owned();
+        let rel = match normalise(&name) {
+            Ok(rel) => rel,
+            Err(rule) => {
+                let shown = String::from_utf8_lossy(&name).into_owned();
+                bad_name.get_or_insert((shown, rule));
+                continue;
+            }
+        };
+        if let [top] = rel.as_slice() {
+            image_like |= top == SAVE_MANIFEST || top == INDEX_JSON;
+        }
+        if rel.is_empty() {
+            continue;
+        }
+        let dest = scratch.path().join(rel.join("/"));
+        // A raw layer may hold `a` and then `a/b`: no image does,
+        // and a raw layer is judged later by the layer rules.
+        let parent = dest.parent().expect("below the scratch directory");
+        if let Err(e) = std::fs::create_dir_all(parent) {
+            unwritable.get_or_insert(Error::path(parent.display(), "mkdir", e));
+            continue;
+        }
+        let mut out = match File::create(&dest) {
+            Ok(out) => out,
+            Err(e) => {
+                unwritable.get_or_insert(Error::path(dest.display(), "create", e));
+                continue;
+            }
+        };
+        match copy_entry(&mut stream.body(), &mut out) {
+            Ok(()) => {}
+            Err(CopyFault::Read(e)) => {
+                broken = Some(e.to_string());
+                break;
+            }
+            Err(CopyFault::Write(e)) => return Err(Error::path(dest.display(), "write", e)),
         }
     }
     if !image_like {
@@ -1099,7 +1104,7 @@ fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
         ));
     }
     if let Some(e) = broken {
-        return Err(cx.err("", None, ImageRule::BadArchive, e.to_string()));
+        return Err(cx.err("", None, ImageRule::BadArchive, e));
     }
     if let Some(e) = unwritable {
         return Err(e);

@@ -54,7 +54,9 @@ fn attrs(ns: XattrNamespace) -> impl Strategy<Value = (u32, u32, i64, BTreeMap<S
         prop_oneof![
             3 => Just(BTreeMap::new()),
             1 => Just(BTreeMap::from([(x, "1".to_string())])),
-            1 => Just(BTreeMap::from([(y, "2".to_string())])),
+            1 => Just(BTreeMap::from([(y.clone(), "2".to_string())])),
+            // Binary, with newlines: PAX records must be split by length.
+            1 => Just(BTreeMap::from([(y, "hex:0a000a".to_string())])),
         ],
     )
 }

@@ -1100,3 +1100,32 @@ fn a_single_raw_layer_with_a_parent_entry_is_judged_by_the_layer_rules() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("[parent-component]"), "{stderr}");
 }
+
+/// A `docker save` archive is read with the layer reader's header stream:
+/// a PAX header claiming 1 GiB is refused at its header, not read whole.
+#[test]
+fn a_docker_save_archive_with_a_huge_pax_header_is_refused_at_the_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("save.tar");
+    let mut data = Vec::new();
+    let mut manifest = tar::Header::new_ustar();
+    manifest.set_path("manifest.json").unwrap();
+    manifest.set_size(2);
+    manifest.set_cksum();
+    data.extend(manifest.as_bytes());
+    data.extend(b"[]");
+    data.resize(1024, 0);
+    let mut pax = tar::Header::new_ustar();
+    pax.set_path("PaxHeaders.0/x").unwrap();
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_size(1 << 30);
+    pax.set_cksum();
+    data.extend(pax.as_bytes());
+    std::fs::write(&archive, &data).unwrap();
+    let err = image_error(s(&archive));
+    let text = assert_image_error(&err, s(&archive), ImageRule::BadArchive, "", "");
+    assert!(
+        text.contains("PAX extended header (x) of 1073741824 bytes, limit 1048576"),
+        "{text}"
+    );
+}
