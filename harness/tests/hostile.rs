@@ -1,64 +1,26 @@
 //! Hostile input: decompression bombs stop at the limit, work is refused at
 //! once, and cancellation leaves nothing behind.
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 
-use flate2::write::GzEncoder;
 use overlayer::{ConvertOptions, Limits, ReadOptions, Rule};
 
 const MIB: u64 = 1 << 20;
 const TIB: u64 = 1 << 40;
 
-/// A gzip stream of a tar holding one file of `size` zero bytes, compressed
-/// on the fly as it is read: nothing is ever on disk or whole in memory.
-struct GzipBomb {
-    encoder: GzEncoder<Vec<u8>>,
-    /// Plain (inflated) bytes still to feed the encoder.
-    left: u64,
-    /// Plain bytes fed so far: what a reader made us inflate.
-    fed: u64,
-    finished: bool,
-}
+mod common;
 
-impl GzipBomb {
-    fn new(size: u64) -> Self {
-        let mut header = tar::Header::new_gnu();
-        header.set_path("bomb").unwrap();
-        header.set_size(size);
-        header.set_mode(0o644);
-        header.set_cksum();
-        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(header.as_bytes()).unwrap();
-        GzipBomb {
-            encoder,
-            left: size,
-            fed: 512,
-            finished: false,
-        }
-    }
-}
-
-impl Read for GzipBomb {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let zeros = [0u8; 64 * 1024];
-        while self.encoder.get_ref().is_empty() && !self.finished {
-            if self.left == 0 {
-                self.encoder.try_finish()?;
-                self.finished = true;
-                break;
-            }
-            let n = self.left.min(zeros.len() as u64) as usize;
-            self.encoder.write_all(&zeros[..n])?;
-            self.left -= n as u64;
-            self.fed += n as u64;
-        }
-        let out = self.encoder.get_mut();
-        let n = out.len().min(buf.len());
-        buf[..n].copy_from_slice(&out[..n]);
-        out.drain(..n);
-        Ok(n)
-    }
+/// A gzip stream of a tar holding one file `bomb` of `size` zero bytes,
+/// compressed on the fly as it is read: nothing is ever on disk or whole in
+/// memory; `fed` counts what a reader made us inflate.
+fn gzip_bomb(size: u64) -> common::Gzipped {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("bomb").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    common::Gzipped::new(header.as_bytes(), size, 1)
 }
 
 fn bomb_limits(max_bytes: u64) -> ReadOptions {
@@ -75,7 +37,7 @@ fn bomb_limits(max_bytes: u64) -> ReadOptions {
 #[test]
 fn terabyte_gzip_bomb_stops_apply_at_the_byte_limit() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut bomb = GzipBomb::new(TIB);
+    let mut bomb = gzip_bomb(TIB);
     let limit = 64 * MIB;
     let err = overlayer::apply_to_new_dir_with(
         vec![&mut bomb],
@@ -106,7 +68,7 @@ fn terabyte_gzip_bomb_stops_convert_at_the_byte_limit() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut bomb = GzipBomb::new(TIB);
+    let mut bomb = gzip_bomb(TIB);
     let limit = 64 * MIB;
     let opts = ConvertOptions {
         read: bomb_limits(limit),
@@ -130,7 +92,7 @@ fn terabyte_gzip_bomb_stops_convert_at_the_byte_limit() {
 #[test]
 fn a_file_larger_than_the_file_limit_is_refused_before_its_content_is_read() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut bomb = GzipBomb::new(TIB);
+    let mut bomb = gzip_bomb(TIB);
     let err = overlayer::apply_to_new_dir_with(
         vec![&mut bomb],
         &tmp.path().join("rootfs"),
