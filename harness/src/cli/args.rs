@@ -25,6 +25,27 @@ pub(super) struct Cli {
     pub(super) command: Command,
 }
 
+/// How converted layers are marked, shared by `convert` and `unpack --format overlay`.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub(super) struct MarkArgs {
+    /// Write user.overlay.* markers, for `mount -o userxattr`.
+    #[arg(long)]
+    userxattr: bool,
+    /// Write xattr whiteouts (Linux 6.7+) instead of char devices 0/0.
+    #[arg(long)]
+    xwhiteouts: bool,
+}
+
+impl MarkArgs {
+    pub(super) fn convert_options(self, read: &ReadArgs) -> overlayer::ConvertOptions {
+        overlayer::ConvertOptions {
+            userxattr: self.userxattr,
+            xwhiteouts: self.xwhiteouts,
+            read: read.options(),
+        }
+    }
+}
+
 /// Limits and strict mode, shared by the commands that read layers.
 #[derive(clap::Args, Debug, Clone)]
 pub(super) struct ReadArgs {
@@ -138,12 +159,8 @@ pub(super) enum Command {
         layers: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
-        /// Write user.overlay.* markers, for `mount -o userxattr`.
-        #[arg(long)]
-        userxattr: bool,
-        /// Write xattr whiteouts (Linux 6.7+) instead of char devices 0/0.
-        #[arg(long)]
-        xwhiteouts: bool,
+        #[command(flatten)]
+        marks: MarkArgs,
         #[command(flatten)]
         read: ReadArgs,
     },
@@ -258,10 +275,8 @@ pub(super) enum Command {
         /// os/arch of the manifest to pick from a multi-platform index.
         #[arg(long, default_value = "linux/amd64")]
         platform: String,
-        #[arg(long)]
-        userxattr: bool,
-        #[arg(long)]
-        xwhiteouts: bool,
+        #[command(flatten)]
+        marks: MarkArgs,
         #[command(flatten)]
         read: ReadArgs,
     },

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use overlayer::ConvertOptions;
 
-use super::args::{ReadArgs, UnpackFormat, UpperArgs};
+use super::args::{MarkArgs, ReadArgs, UnpackFormat, UpperArgs};
 
 fn report_notices(summary: &overlayer::Summary) {
     for n in &summary.notices {
@@ -37,16 +37,11 @@ pub(super) fn apply(layers: Vec<PathBuf>, out: PathBuf, read: ReadArgs) -> Resul
 pub(super) fn convert(
     layers: Vec<PathBuf>,
     out: PathBuf,
-    userxattr: bool,
-    xwhiteouts: bool,
+    marks: MarkArgs,
     read: ReadArgs,
 ) -> Result<ExitCode> {
     let files = open_layers(&layers)?;
-    let opts = ConvertOptions {
-        userxattr,
-        xwhiteouts,
-        read: read.options(),
-    };
+    let opts = marks.convert_options(&read);
     let converted = overlayer::convert_to_new_dir(files, &out, opts)
         .with_context(|| format!("convert into {}", out.display()))?;
     report_notices(&converted.summary);
@@ -88,8 +83,7 @@ pub(super) fn unpack(
     out: PathBuf,
     format: UnpackFormat,
     platform: String,
-    userxattr: bool,
-    xwhiteouts: bool,
+    marks: MarkArgs,
     read: ReadArgs,
 ) -> Result<ExitCode> {
     let img = overlayer::image::open_any(&image, &platform)?;
@@ -101,11 +95,7 @@ pub(super) fn unpack(
             report_notices(&summary);
         }
         UnpackFormat::Overlay => {
-            let opts = ConvertOptions {
-                userxattr,
-                xwhiteouts,
-                read: read.options(),
-            };
+            let opts = marks.convert_options(&read);
             unpack_overlay(&img, readers, &out, opts)
                 .with_context(|| format!("unpack into {}", out.display()))?;
         }

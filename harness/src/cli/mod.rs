@@ -70,10 +70,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Convert {
             layers,
             out,
-            userxattr,
-            xwhiteouts,
+            marks,
             read,
-        } => layers::convert(layers, out, userxattr, xwhiteouts, read),
+        } => layers::convert(layers, out, marks, read),
         Command::Mount {
             layers,
             userxattr,
@@ -117,10 +116,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
             format,
             platform,
-            userxattr,
-            xwhiteouts,
+            marks,
             read,
-        } => layers::unpack(image, out, format, platform, userxattr, xwhiteouts, read),
+        } => layers::unpack(image, out, format, platform, marks, read),
         Command::Hidden {
             image,
             platform,
