@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 use crate::error::{Error, ImageError, ImageRule, Result};
 use crate::layer::normalise;
-use crate::tar_stream::{StreamError, TarStream};
+use crate::tar_stream::TarStream;
 
 /// The annotation naming a manifest's tag in an OCI layout's index.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -1041,15 +1041,7 @@ fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
             Ok(Some(member)) => member,
             Ok(None) => break,
             Err(e) => {
-                broken = Some(match e {
-                    StreamError::Corrupt(why) => why,
-                    StreamError::Io(e) => e.to_string(),
-                    StreamError::ExtensionTooLarge { kind, size, .. } => format!(
-                        "{} of {size} bytes, limit {}",
-                        kind.describe(),
-                        crate::Limits::DEFAULT_MAX_EXTENSION_BYTES
-                    ),
-                });
+                broken = Some(e.to_string());
                 break;
             }
         };

@@ -349,7 +349,7 @@ impl StackReader {
             let member = match stream.next_member() {
                 Ok(Some(member)) => member,
                 Ok(None) => break,
-                Err(e) => return Err(stream_error(layer, last, limits.max_extension_bytes, e)),
+                Err(e) => return Err(stream_error(layer, last, e)),
             };
             let raw_name = member.path_bytes().into_owned();
             // Errors name the normalised path; the raw one if it has none (`../x`).
@@ -407,7 +407,7 @@ impl StackReader {
             // Skip what the visitor left so a read error surfaces here, named.
             stream
                 .skip_rest()
-                .map_err(|e| stream_error(layer, last, limits.max_extension_bytes, e))?;
+                .map_err(|e| stream_error(layer, last, e))?;
         }
         Ok(())
     }
@@ -469,39 +469,27 @@ impl StackReader {
 }
 
 /// Names a stream error at `last`, the entry read before it.
-fn stream_error(layer: usize, last: &str, limit: u64, e: StreamError) -> Error {
-    match e {
-        StreamError::ExtensionTooLarge {
-            kind,
+fn stream_error(layer: usize, last: &str, e: StreamError) -> Error {
+    let what = e.to_string();
+    let (entry, rule, detail) = match e {
+        // Writers often leave an extension header's own name empty.
+        StreamError::ExtensionTooLarge { header_name, .. } if !header_name.is_empty() => (
             header_name,
-            size,
-        } => {
-            let what = format!("{} of {size} bytes, limit {limit}", kind.describe());
-            // Writers often leave an extension header's own name empty.
-            let (entry, detail) = if header_name.is_empty() {
-                (format!("after {last}"), what)
-            } else {
-                (header_name, format!("{what}, after entry {last:?}"))
-            };
-            Error::Invalid {
-                layer,
-                entry,
-                rule: Rule::LimitExtensionBytes,
-                detail: Some(detail),
-            }
+            Rule::LimitExtensionBytes,
+            format!("{what}, after entry {last:?}"),
+        ),
+        StreamError::ExtensionTooLarge { .. } => {
+            (format!("after {last}"), Rule::LimitExtensionBytes, what)
         }
-        StreamError::Corrupt(detail) => Error::Invalid {
-            layer,
-            entry: format!("after {last}"),
-            rule: Rule::CorruptArchive,
-            detail: Some(detail),
-        },
-        StreamError::Io(e) => Error::Invalid {
-            layer,
-            entry: format!("after {last}"),
-            rule: Rule::CorruptArchive,
-            detail: Some(e.to_string()),
-        },
+        StreamError::Corrupt(_) | StreamError::Io(_) => {
+            (format!("after {last}"), Rule::CorruptArchive, what)
+        }
+    };
+    Error::Invalid {
+        layer,
+        entry,
+        rule,
+        detail: Some(detail),
     }
 }
 

@@ -79,7 +79,20 @@ pub(crate) enum StreamError {
         /// The extension header's own name (`././@LongLink`, `PaxHeaders.0/f`).
         header_name: String,
         size: u64,
+        limit: u64,
     },
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Corrupt(why) => f.write_str(why),
+            StreamError::Io(e) => write!(f, "{e}"),
+            StreamError::ExtensionTooLarge {
+                kind, size, limit, ..
+            } => write!(f, "{} of {size} bytes, limit {limit}", kind.describe()),
+        }
+    }
 }
 
 impl From<io::Error> for StreamError {
@@ -275,6 +288,7 @@ impl<R: Read> TarStream<R> {
                     kind,
                     header_name: String::from_utf8_lossy(&header.path_bytes()).into_owned(),
                     size,
+                    limit: self.max_extension,
                 });
             }
             self.start_body(size)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use super::write_file;
+use super::{name_column, write_file};
 use crate::case;
 use crate::replay::{self, Verdict};
 
@@ -53,12 +53,7 @@ pub(super) fn check_cmd(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let width = results
-        .iter()
-        .map(|r| r.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = name_column(results.iter().map(|r| r.name.as_str()));
     println!("{:width$}  {:7} first difference", "case", "verdict");
     for r in &results {
         println!("{:width$}  {:7} {}", r.name, r.verdict, r.detail);

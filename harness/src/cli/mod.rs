@@ -137,6 +137,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The width of a table's case-name column: the longest name, at least the
+/// heading `case`.
+fn name_column<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(0).max("case".len())
+}
+
 fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
 }

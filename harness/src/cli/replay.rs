@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use super::write_file;
+use super::{name_column, write_file};
 use crate::case;
 use crate::kernel;
 use crate::replay::{self, ReplayOptions, Verdict};
@@ -53,12 +53,7 @@ pub(super) fn replay_cmd(
         }
         Ok(results)
     })?;
-    let width = results
-        .iter()
-        .map(|r| r.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = name_column(results.iter().map(|r| r.name.as_str()));
     println!(
         "{:width$}  {:6} {:6} {:>8}",
         "case", "apply", "kernel", "ms"
