@@ -15,8 +15,31 @@ use serde::Serialize;
 use crate::case::{Case, Expect};
 use crate::imagefmt::{write_image, ImageFormat};
 
-/// How long one unpacker run may take.
+/// How long one unpacker run may take by default (`check --timeout`).
 pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a timed-out unpacker gets between SIGTERM and SIGKILL, so an
+/// adapter's cleanup trap can stop its daemon and unmount its store.
+const GRACE: Duration = Duration::from_secs(15);
+
+/// What the unpacker did, kept apart from the verdict: a refusal (a
+/// non-zero exit) is an answer; a crash (killed by a signal) or a timeout is
+/// not, and never passes as a required refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Peer {
+    /// Exited 0.
+    Accepted,
+    /// Exited non-zero.
+    Refused,
+    /// Killed by a signal it did not get from `check`.
+    Crashed,
+    /// Ran longer than the timeout and was killed.
+    Timeout,
+    /// Not run (a skipped case).
+    #[serde(rename = "not-run")]
+    NotRun,
+}
 
 /// The outcome of one case.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +49,8 @@ pub struct CheckResult {
     pub verdict: &'static str,
     /// The first difference, the reason of a skip, or what was accepted.
     pub detail: String,
+    /// What the unpacker did.
+    pub peer: Peer,
     pub ms: f64,
 }
 
@@ -36,14 +61,17 @@ pub fn check_case(
     command: &str,
     format: ImageFormat,
     user_xattrs: bool,
+    timeout: Duration,
 ) -> Result<CheckResult> {
     let start = Instant::now();
-    let done = |verdict, detail: String| CheckResult {
+    let result = |peer, verdict, detail: String| CheckResult {
         name: name.to_string(),
         verdict,
         detail,
+        peer,
         ms: start.elapsed().as_secs_f64() * 1e3,
     };
+    let done = |verdict, detail| result(Peer::NotRun, verdict, detail);
     let uses_user = case
         .layers
         .iter()
@@ -87,15 +115,46 @@ pub fn check_case(
     }
     let before = sentinels(work)?;
     let rootfs = work.join("rootfs");
-    let (status, stderr) = run(command, &image, &rootfs)?;
+    let (exit, stderr) = run(command, &image, &rootfs, timeout)?;
+    let exit = crash_of(exit, &stderr);
+    let peer = match exit {
+        Exit::Code(0) => Peer::Accepted,
+        Exit::Code(_) => Peer::Refused,
+        Exit::Signal(_) | Exit::Panic => Peer::Crashed,
+        Exit::Timeout => Peer::Timeout,
+    };
+    let done = |verdict, detail| result(peer, verdict, detail);
     if sentinels(work)? != before {
         return Ok(done(
             "fail",
             "wrote outside {rootfs}: the sentinels changed".into(),
         ));
     }
-    let refused = !status;
-    let got = if refused {
+    match exit {
+        Exit::Signal(sig) => {
+            return Ok(done(
+                "fail",
+                format!("crashed: killed by signal {sig}: {}", last_line(&stderr)),
+            ))
+        }
+        Exit::Panic => {
+            return Ok(done(
+                "fail",
+                format!("crashed: {}", panic_line(&stderr).unwrap_or_default()),
+            ))
+        }
+        Exit::Timeout => {
+            return Ok(done(
+                "fail",
+                format!(
+                    "timed out: still running after {} s, killed",
+                    timeout.as_secs()
+                ),
+            ))
+        }
+        Exit::Code(_) => {}
+    }
+    let got = if peer == Peer::Refused {
         None
     } else if rootfs.is_dir() {
         Some(tree::capture(&rootfs)?)
@@ -119,7 +178,14 @@ pub fn check_case(
         }
         (Expect::View(_), None) => done(
             "fail",
-            format!("refused a valid image: {}", last_line(&stderr)),
+            format!(
+                "refused a valid image (exit {}): {}",
+                match exit {
+                    Exit::Code(c) => c,
+                    _ => -1,
+                },
+                last_line(&stderr)
+            ),
         ),
         (Expect::View(want), Some(view)) => compare(want, &view, done),
     })
@@ -152,36 +218,97 @@ fn last_line(text: &str) -> String {
         .collect()
 }
 
-/// Runs the unpacker; returns whether it exited 0, and its stderr.
-fn run(command: &str, image: &Path, rootfs: &Path) -> Result<(bool, String)> {
+/// How an unpacker run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// A runtime's own crash report (Go `panic:`/`fatal error:`, Rust
+    /// `panicked at`): a crash, whatever the exit code.
+    Panic,
+    Timeout,
+}
+
+/// Shells report a child killed by signal N as exit 128+N; runtimes that
+/// catch their own crash print a report and exit with a plain code. Both
+/// are crashes, not refusals.
+fn crash_of(exit: Exit, stderr: &str) -> Exit {
+    match exit {
+        Exit::Code(c) if (129..=128 + 64).contains(&c) => Exit::Signal(c - 128),
+        Exit::Code(c) if c != 0 && panic_line(stderr).is_some() => Exit::Panic,
+        e => e,
+    }
+}
+
+/// The first line of a runtime crash report in `stderr`, if there is one.
+fn panic_line(stderr: &str) -> Option<String> {
+    let goroutines = stderr.contains("\ngoroutine ");
+    stderr
+        .lines()
+        .find(|l| {
+            (goroutines && (l.starts_with("panic: ") || l.starts_with("fatal error: ")))
+                || l.contains("' panicked at ")
+                || l.starts_with("thread '") && l.contains(" panicked at ")
+        })
+        .map(|l| l.chars().take(200).collect())
+}
+
+/// Runs the unpacker in its own process group; returns how it ended and its
+/// stderr. On timeout the whole group gets SIGTERM, then SIGKILL after
+/// [`GRACE`], so nothing it started keeps running.
+fn run(command: &str, image: &Path, rootfs: &Path, timeout: Duration) -> Result<(Exit, String)> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     let line = command
         .replace("{image}", &shell_quote(image))
         .replace("{rootfs}", &shell_quote(rootfs));
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(&line)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("run {line}"))?;
+    // Read stderr on a thread so a chatty unpacker cannot fill the pipe.
+    let mut pipe = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut err = Vec::new();
+        let _ = pipe.read_to_end(&mut err);
+        String::from_utf8_lossy(&err).into_owned()
+    });
+    let group = rustix::process::Pid::from_child(&child);
     let started = Instant::now();
-    loop {
+    let mut timed_out = false;
+    let mut killed = false;
+    let status = loop {
         if let Some(status) = child.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return Ok((status.success(), err));
+            break status;
         }
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("the unpacker ran longer than {} s", TIMEOUT.as_secs());
+        let elapsed = started.elapsed();
+        if !timed_out && elapsed > timeout {
+            timed_out = true;
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+        } else if timed_out && !killed && elapsed > timeout + GRACE {
+            killed = true;
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
         std::thread::sleep(Duration::from_millis(5));
+    };
+    if timed_out {
+        // Whatever is left of the group after its leader went.
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
     }
+    let err = reader.join().unwrap_or_default();
+    let exit = if timed_out {
+        Exit::Timeout
+    } else if let Some(code) = status.code() {
+        Exit::Code(code)
+    } else {
+        Exit::Signal(status.signal().unwrap_or(0))
+    };
+    Ok((exit, err))
 }
 
 fn shell_quote(p: &Path) -> String {

@@ -225,6 +225,75 @@ fn check_catches_a_naive_unpacker_and_one_that_writes_outside() {
     assert!(out.contains("wrote outside"), "{out}");
 }
 
+/// A refusal is an answer; a crash or a timeout is not, even where the case
+/// requires a refusal, and each is reported as what it was.
+#[test]
+fn check_keeps_a_refusal_apart_from_a_crash_and_a_timeout() {
+    let refused_case = "cases/hostile/name-dotdot-relative-refused.json";
+    let row = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("name-dotdot-relative-refused "))
+            .unwrap_or_else(|| panic!("no row in {out}"))
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (code, out) = check(&["--cases", refused_case, "--unpacker", "exit 3"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        row(&out),
+        "name-dotdot-relative-refused pass refused",
+        "{out}"
+    );
+    assert!(out.contains("refused 1, crashed 0, timed out 0"), "{out}");
+
+    let (code, out) = check(&["--cases", refused_case, "--unpacker", "kill -SEGV $$"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        row(&out),
+        "name-dotdot-relative-refused fail CRASHED",
+        "{out}"
+    );
+    assert!(out.contains("killed by signal 11"), "{out}");
+
+    let go_panic = "printf 'panic: runtime error\\n\\ngoroutine 1 [running]:\\n' >&2; exit 2";
+    let (code, out) = check(&["--cases", refused_case, "--unpacker", go_panic]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        row(&out),
+        "name-dotdot-relative-refused fail CRASHED",
+        "{out}"
+    );
+    assert!(out.contains("crashed: panic: runtime error"), "{out}");
+
+    // The whole process group goes, the sleeping grandchild included.
+    let marker = tempfile::tempdir().unwrap();
+    let left = marker.path().join("left-running");
+    let sleeper = format!("(sleep 3; touch {}) & sleep 30", left.display());
+    let (code, out) = check(&[
+        "--cases",
+        refused_case,
+        "--timeout",
+        "1",
+        "--unpacker",
+        &sleeper,
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        row(&out),
+        "name-dotdot-relative-refused fail TIMEOUT",
+        "{out}"
+    );
+    assert!(out.contains("timed out: still running after 1 s"), "{out}");
+    assert!(out.contains("crashed 0, timed out 1"), "{out}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        !left.exists(),
+        "a child of the timed-out unpacker kept running"
+    );
+}
+
 // Malformed images: every problem is an image error naming the image once,
 // the file in it, the position or field, and the rule broken.
 

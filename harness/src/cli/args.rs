@@ -297,7 +297,9 @@ pub(super) enum Command {
     /// form, CMD runs in a fresh sandbox with sentinel files around
     /// `{rootfs}`, and the tree it produced is compared with the expected
     /// view (recorded from the kernel; the model's for generated stacks).
-    /// A refusal passes where the case expects one or accepts one.
+    /// A refusal (a non-zero exit) passes where the case expects one or
+    /// accepts one; a crash (a signal, or a Go or Rust panic report) or a
+    /// timeout never does, and each is reported as such.
     /// Example: --unpacker 'harness/adapters/umoci.sh {image} {rootfs}'.
     Check {
         /// The command; `{image}` and `{rootfs}` are replaced (quoted).
@@ -313,6 +315,11 @@ pub(super) enum Command {
         generated: u32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Seconds one unpacker run may take; then its process group gets
+        /// SIGTERM (15 s for its cleanup) and SIGKILL, and the case fails
+        /// as a timeout.
+        #[arg(long, default_value_t = crate::check::TIMEOUT.as_secs())]
+        timeout: u64,
         #[arg(long)]
         json: Option<PathBuf>,
         #[arg(long)]

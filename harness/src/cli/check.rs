@@ -8,14 +8,17 @@ use anyhow::{Context, Result};
 
 use super::{name_column, write_file};
 use crate::case;
+use crate::check::Peer;
 use crate::replay::{self, Verdict};
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn check_cmd(
     unpacker: &str,
     format: crate::imagefmt::ImageFormat,
     cases: Vec<PathBuf>,
     generated: u32,
     seed: u64,
+    timeout: std::time::Duration,
     json: Option<PathBuf>,
     junit: Option<PathBuf>,
 ) -> Result<ExitCode> {
@@ -43,7 +46,7 @@ pub(super) fn check_cmd(
         if let Some(bar) = &bar {
             bar.set_message(name.clone());
         }
-        let r = crate::check::check_case(name, case, unpacker, format, user_xattrs)
+        let r = crate::check::check_case(name, case, unpacker, format, user_xattrs, timeout)
             .with_context(|| format!("case {name}"))?;
         results.push(r);
         if let Some(bar) = &bar {
@@ -54,20 +57,38 @@ pub(super) fn check_cmd(
         bar.finish_and_clear();
     }
     let width = name_column(results.iter().map(|r| r.name.as_str()));
-    println!("{:width$}  {:7} first difference", "case", "verdict");
+    println!(
+        "{:width$}  {:7} {:8} first difference",
+        "case", "verdict", "unpacker"
+    );
     for r in &results {
-        println!("{:width$}  {:7} {}", r.name, r.verdict, r.detail);
+        println!(
+            "{:width$}  {:7} {:8} {}",
+            r.name,
+            r.verdict,
+            peer_word(r.peer),
+            r.detail
+        );
     }
     let count = |v: &str| results.iter().filter(|r| r.verdict == v).count();
     let (passed, failed, skipped) = (count("pass"), count("fail"), count("skip"));
+    let peers = |p: Peer| results.iter().filter(|r| r.peer == p).count();
     println!(
-        "{unpacker} ({format:?}): {} cases, {passed} passed, {failed} failed, {skipped} skipped",
-        results.len()
+        "{unpacker} ({format:?}): {} cases, {passed} passed, {failed} failed, {skipped} skipped; \
+         the unpacker accepted {}, refused {}, crashed {}, timed out {}",
+        results.len(),
+        peers(Peer::Accepted),
+        peers(Peer::Refused),
+        peers(Peer::Crashed),
+        peers(Peer::Timeout),
     );
     if let Some(path) = json {
         let doc = serde_json::json!({
             "unpacker": unpacker, "image_format": format,
             "total": results.len(), "passed": passed, "failed": failed, "skipped": skipped,
+            "accepted": peers(Peer::Accepted), "refused": peers(Peer::Refused),
+            "crashed": peers(Peer::Crashed), "timed_out": peers(Peer::Timeout),
+            "timeout_seconds": timeout.as_secs(),
             "cases": results,
         });
         write_file(&path, &serde_json::to_string_pretty(&doc)?)?;
@@ -93,4 +114,14 @@ pub(super) fn check_cmd(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn peer_word(p: Peer) -> &'static str {
+    match p {
+        Peer::Accepted => "accepted",
+        Peer::Refused => "refused",
+        Peer::Crashed => "CRASHED",
+        Peer::Timeout => "TIMEOUT",
+        Peer::NotRun => "-",
+    }
 }

@@ -130,9 +130,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cases,
             generated,
             seed,
+            timeout,
             json,
             junit,
-        } => check::check_cmd(&unpacker, image_format, cases, generated, seed, json, junit),
+        } => check::check_cmd(
+            &unpacker,
+            image_format,
+            cases,
+            generated,
+            seed,
+            std::time::Duration::from_secs(timeout),
+            json,
+            junit,
+        ),
         Command::Probe { json } => inspect::probe(json),
     }
 }
