@@ -5,7 +5,7 @@
 #   vm/vm-test.sh [overlayer-vm options...]
 #
 # Environment (all optional; see vm/README.md):
-#   VM_KERNELS     kernels to boot (default "6.1,6.12")
+#   VM_KERNELS     kernels to boot (default "5.10,6.1,6.12,7.2")
 #   VM_PROP_CASES  generated stacks per kernel (default 3000)
 #   VM_ROUNDTRIP_CASES  round-trip stacks per kernel (default 1000)
 #   VM_TIMEOUT     per-kernel timeout in seconds

@@ -1,4 +1,5 @@
-//! Kernel assets: resolving a Debian kernel with apt, downloading and
+//! Kernel assets: resolving a Debian kernel with a private apt
+//! configuration (`crate::apt`; the host's sources are never changed), downloading and
 //! unpacking it into the cache (never installing it), reading a bzImage's
 //! version, and collecting the overlay module with its dependencies.
 
@@ -9,6 +10,7 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::apt::PrivateApt;
 use crate::progress;
 use crate::spec::{self, KernelSpec};
 
@@ -27,14 +29,14 @@ pub struct KernelAssets {
 }
 
 /// Resolve, fetch and unpack as needed.
-pub fn prepare(spec: &KernelSpec, cache: &Path) -> Result<KernelAssets> {
+pub fn prepare(spec: &KernelSpec, cache: &Path, fetcher: &mut Fetcher) -> Result<KernelAssets> {
     match spec {
         KernelSpec::Series(series) => {
-            let pkg = resolve_series(series)?;
+            let pkg = fetcher.resolve_series(series)?;
             progress!("kernel {series}: newest package is {pkg}");
-            prepare_package(&spec.label(), &pkg, cache)
+            prepare_package(&spec.label(), &pkg, cache, fetcher)
         }
-        KernelSpec::Package(pkg) => prepare_package(pkg, pkg, cache),
+        KernelSpec::Package(pkg) => prepare_package(pkg, pkg, cache, fetcher),
         KernelSpec::Path { kernel, modules } => {
             if !kernel.is_file() {
                 bail!("bzImage {} does not exist", kernel.display());
@@ -91,164 +93,204 @@ fn find_modules_root(dir: &Path, release: Option<&str>) -> Result<PathBuf> {
     )
 }
 
-fn apt_pkgnames(prefix: &str) -> Result<Vec<String>> {
-    let out = Command::new("apt-cache")
-        .args(["pkgnames", prefix])
-        .output()
-        .context("running apt-cache pkgnames")?;
-    if !out.status.success() {
-        bail!(
-            "apt-cache pkgnames {prefix} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect())
+/// A kernel series the private apt lists do not hold, even after a refresh:
+/// the mirror no longer serves it (or never did). The vm row says so, with
+/// the command that showed it, and the run does not fail for it.
+#[derive(Debug)]
+pub struct NotServed {
+    pub series: String,
+    /// The command that listed no package.
+    pub command: String,
+    /// apt's warnings from the refresh, if any.
+    pub warnings: String,
 }
 
-fn resolve_series(series: &str) -> Result<String> {
-    let prefix = format!("linux-image-{series}");
-    let find = || -> Result<Option<String>> {
-        let names = apt_pkgnames(&prefix)?;
-        Ok(spec::pick_newest(series, names.iter().map(String::as_str)))
-    };
-    if let Some(p) = find()? {
-        return Ok(p);
-    }
-    progress!("kernel {series}: no linux-image-{series}.*-amd64 in the apt lists; refreshing them");
-    ensure_backports_source()?;
-    apt_update()?;
-    find()?.ok_or_else(|| {
-        anyhow!("no linux-image-{series}.*-amd64 package known to apt (checked after apt-get update, with bookworm-backports)")
-    })
-}
-
-/// Add `<codename>-backports` to the apt sources if no source mentions it.
-fn ensure_backports_source() -> Result<()> {
-    let codename = fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VERSION_CODENAME=")
-                    .map(|v| v.trim_matches('"').to_string())
-            })
-        })
-        .unwrap_or_else(|| "bookworm".to_string());
-    let suite = format!("{codename}-backports");
-    let mut sources = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
-        sources.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
-    }
-    for s in &sources {
-        let enabled = s.extension().is_some_and(|e| e == "list" || e == "sources")
-            || s.as_os_str() == "/etc/apt/sources.list";
-        if enabled && fs::read_to_string(s).is_ok_and(|t| t.contains(&suite)) {
-            return Ok(());
+impl std::fmt::Display for NotServed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "kernel series {} is not served: `{}` lists no linux-image-{}.*-amd64 after a refresh",
+            self.series, self.command, self.series
+        )?;
+        if !self.warnings.is_empty() {
+            write!(f, " (apt: {})", self.warnings.replace('\n', " | "))?;
         }
+        Ok(())
     }
-    let path = "/etc/apt/sources.list.d/overlayer-vm-backports.list";
-    progress!("adding {suite} to apt sources ({path})");
-    fs::write(
-        path,
-        format!("deb http://deb.debian.org/debian {suite} main\n"),
-    )
-    .with_context(|| format!("writing {path} (needs root)"))?;
-    Ok(())
 }
 
-fn apt_update() -> Result<()> {
-    let st = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .status()
-        .context("running apt-get update")?;
-    if !st.success() {
-        bail!("apt-get update failed ({st})");
-    }
-    Ok(())
+impl std::error::Error for NotServed {}
+
+/// Finds and fetches Debian kernels through the private apt configuration,
+/// refreshing its lists at most once per run.
+pub struct Fetcher {
+    apt: PrivateApt,
+    refreshed: Option<String>,
 }
 
-fn apt_download(pkg: &str, dir: &Path) -> Result<()> {
-    let out = Command::new("apt-get")
-        .args(["download", "-qq", "-o", "APT::Sandbox::User=root", pkg])
-        .current_dir(dir)
-        .output()
-        .context("running apt-get download")?;
-    if !out.status.success() {
-        bail!(
-            "apt-get download {pkg} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+impl Fetcher {
+    pub fn new(cache: &Path) -> Result<Fetcher> {
+        Ok(Fetcher {
+            apt: PrivateApt::new(cache)?,
+            refreshed: None,
+        })
     }
-    Ok(())
+
+    /// Refresh the lists unless that already happened in this run.
+    fn refresh(&mut self, why: &str) -> Result<&str> {
+        if self.refreshed.is_none() {
+            progress!(
+                "apt ({}): {why}; apt-get update of {} into {}",
+                self.apt.codename(),
+                self.apt.suites().join(", "),
+                "vm/cache/apt"
+            );
+            let warnings = self.apt.update()?;
+            if !warnings.is_empty() {
+                progress!("apt: {}", warnings.replace('\n', " | "));
+            }
+            self.refreshed = Some(warnings);
+        }
+        Ok(self.refreshed.as_deref().unwrap_or(""))
+    }
+
+    fn resolve_series(&mut self, series: &str) -> Result<String> {
+        let prefix = format!("linux-image-{series}");
+        if !self.apt.fresh() {
+            self.refresh("lists missing or older than a day")?;
+        }
+        let find = |apt: &PrivateApt| -> Result<Option<String>> {
+            let names = apt.pkgnames(&prefix)?;
+            Ok(spec::pick_newest(series, names.iter().map(String::as_str)))
+        };
+        if let Some(p) = find(&self.apt)? {
+            return Ok(p);
+        }
+        let warnings = self
+            .refresh(&format!("no {prefix}.*-amd64 in the lists"))?
+            .to_string();
+        find(&self.apt)?.ok_or_else(|| {
+            NotServed {
+                series: series.to_string(),
+                command: self.apt.shown("apt-cache", &["pkgnames", &prefix]),
+                warnings,
+            }
+            .into()
+        })
+    }
 }
 
-/// Download `pkg` (unless already unpacked) into `cache/kernels/pkg`.
-fn prepare_package(label: &str, pkg: &str, cache: &Path) -> Result<KernelAssets> {
+/// Download `pkg` (unless already unpacked) into `cache/kernels/pkg`, with
+/// the packages it is split into: from 7.x, Debian's `linux-image-VER` holds
+/// no kernel and depends on `linux-binary-VER` (the vmlinuz, under
+/// `usr/lib/modules/VER/`) and `linux-modules-VER`.
+fn prepare_package(
+    label: &str,
+    pkg: &str,
+    cache: &Path,
+    fetcher: &mut Fetcher,
+) -> Result<KernelAssets> {
     let dest = cache.join("kernels").join(pkg);
     let marker = dest.join(".complete");
-    if marker.is_file() {
+    let cached = marker.is_file().then(|| find_kernel(&dest)).flatten();
+    if cached.is_some() {
         progress!("kernel {label}: using cached {}", dest.display());
     } else {
         let debs = cache.join("debs");
         fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-        let deb = match find_deb(&debs, pkg)? {
-            Some(d) => d,
-            None => {
-                progress!("kernel {label}: apt-get download {pkg}");
-                if let Err(e) = apt_download(pkg, &debs) {
-                    progress!("kernel {label}: {e:#}; retrying after apt-get update");
-                    apt_update()?;
-                    apt_download(pkg, &debs)?;
-                }
-                find_deb(&debs, pkg)?.ok_or_else(|| {
-                    anyhow!("apt-get download {pkg} left no .deb in {}", debs.display())
-                })?
-            }
-        };
-        progress!("kernel {label}: unpacking {}", deb.display());
+        let mut parts = vec![pkg.to_string()];
+        parts.extend(fetcher.apt.split_parts(pkg)?);
         let tmp = cache.join("kernels").join(format!(".{pkg}.partial"));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
-        let out = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&tmp)
-            .output()
-            .context("running dpkg-deb")?;
-        if !out.status.success() {
+        let mut fetched = Vec::new();
+        for part in &parts {
+            let deb = match find_deb(&debs, part)? {
+                Some(d) => d,
+                None => {
+                    progress!("kernel {label}: apt-get download {part}");
+                    if let Err(e) = fetcher.apt.download(part, &debs) {
+                        progress!("kernel {label}: {e:#}; retrying after apt-get update");
+                        fetcher.refreshed = None;
+                        fetcher.refresh("download failed")?;
+                        fetcher.apt.download(part, &debs)?;
+                    }
+                    find_deb(&debs, part)?.ok_or_else(|| {
+                        anyhow!("apt-get download {part} left no .deb in {}", debs.display())
+                    })?
+                }
+            };
+            progress!("kernel {label}: unpacking {}", deb.display());
+            let out = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(&tmp)
+                .output()
+                .context("running dpkg-deb")?;
+            if !out.status.success() {
+                bail!(
+                    "dpkg-deb -x {} failed: {}",
+                    deb.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            fetched.push(deb);
+        }
+        if find_kernel(&tmp).is_none() {
             bail!(
-                "dpkg-deb -x {} failed: {}",
-                deb.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
+                "{pkg}: no boot/vmlinuz-* or usr/lib/modules/*/vmlinuz in {}",
+                parts.join(", ")
             );
         }
         let _ = fs::remove_dir_all(&dest);
         fs::rename(&tmp, &dest)?;
-        fs::write(&marker, format!("{}\n", deb.display()))?;
-        // The unpacked tree is the cache; the .deb is no longer needed.
-        let _ = fs::remove_file(&deb);
+        let names: Vec<String> = fetched.iter().map(|d| d.display().to_string()).collect();
+        fs::write(&marker, names.join("\n") + "\n")?;
+        // The unpacked tree is the cache; the .debs are no longer needed.
+        for deb in fetched {
+            let _ = fs::remove_file(deb);
+        }
     }
-    let bzimage = first_entry(&dest.join("boot"), "vmlinuz-")?
-        .ok_or_else(|| anyhow!("{pkg}: no boot/vmlinuz-* in the package"))?;
-    let release = bzimage
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .map(str::to_string);
-    let modules_dir = release
-        .as_ref()
-        .map(|r| dest.join("lib/modules").join(r))
-        .filter(|p| p.is_dir());
+    let (bzimage, release, modules_dir) = find_kernel(&dest)
+        .ok_or_else(|| anyhow!("{pkg}: no kernel image in {}", dest.display()))?;
     Ok(KernelAssets {
         label: label.to_string(),
-        release,
+        release: Some(release),
         package: Some(pkg.to_string()),
         bzimage,
         modules_dir,
     })
+}
+
+/// The kernel image of an unpacked package tree, its release and its
+/// modules directory: `boot/vmlinuz-REL` with `lib/modules/REL` (up to
+/// 6.x), or `usr/lib/modules/REL/vmlinuz` (7.x).
+fn find_kernel(dest: &Path) -> Option<(PathBuf, String, Option<PathBuf>)> {
+    let modules_of = |rel: &str| {
+        ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|b| dest.join(b).join(rel))
+            .find(|p| p.join("kernel").is_dir())
+    };
+    if let Ok(Some(image)) = first_entry(&dest.join("boot"), "vmlinuz-") {
+        let rel = image
+            .file_name()?
+            .to_str()?
+            .strip_prefix("vmlinuz-")?
+            .to_string();
+        let modules = modules_of(&rel);
+        return Some((image, rel, modules));
+    }
+    let mut rels: Vec<PathBuf> = fs::read_dir(dest.join("usr/lib/modules"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("vmlinuz").is_file())
+        .collect();
+    rels.sort();
+    let dir = rels.pop()?;
+    let rel = dir.file_name()?.to_str()?.to_string();
+    let modules = modules_of(&rel);
+    Some((dir.join("vmlinuz"), rel, modules))
 }
 
 fn find_deb(dir: &Path, pkg: &str) -> Result<Option<PathBuf>> {

@@ -3,6 +3,7 @@
 //! row per kernel (plus the host kernel, run natively).
 
 mod accel;
+mod apt;
 mod deps;
 mod host;
 mod initramfs;
@@ -49,6 +50,13 @@ pub const DEFAULT_PROP_CASES: u64 = 3000;
 /// a loaded machine, ~70/s idle), so ~15 s per kernel idle, ~35 s loaded;
 /// with prop the two kernels stay well inside the 6-minute budget.
 pub const DEFAULT_ROUNDTRIP_CASES: u64 = 1000;
+
+/// Default `VM_PARALLEL`: two boots at a time, one per host core of the
+/// 2-core machines this runs on.
+pub const DEFAULT_PARALLEL: usize = 2;
+
+/// Default `VM_CPUS`.
+pub const DEFAULT_CPUS: u32 = 2;
 
 /// The steps a guest (and the host) can run, in their default order.
 pub const STEPS: [&str; 6] = [
@@ -130,8 +138,11 @@ struct Args {
     #[arg(long, env = "VM_MEMORY", default_value_t = 1024)]
     memory: u32,
     /// Guest vCPUs.
-    #[arg(long, env = "VM_CPUS", default_value_t = 2)]
+    #[arg(long, env = "VM_CPUS", default_value_t = DEFAULT_CPUS)]
     cpus: u32,
+    /// Kernels booted at the same time (each boot is one QEMU process).
+    #[arg(long, env = "VM_PARALLEL", default_value_t = DEFAULT_PARALLEL)]
+    parallel: usize,
     /// Steps to run in each kernel (comma separated).
     #[arg(long, env = "VM_STEPS", default_value = DEFAULT_STEPS)]
     steps: String,
@@ -272,44 +283,22 @@ fn real_main(args: Args) -> Result<bool> {
     };
 
     // Fetch everything first so network trouble shows up before long boots.
+    let mut fetcher = kernel::Fetcher::new(&ctx.cache)?;
     let mut prepared = Vec::new();
     for s in &specs {
-        let r = kernel::prepare(s, &ctx.cache);
+        let r = kernel::prepare(s, &ctx.cache, &mut fetcher);
         if let Err(e) = &r {
             progress!("kernel {}: FAILED: {e:#}", s.label());
         }
         prepared.push((s.label(), r));
     }
 
-    let mut accel = decision.accel;
-    let mut accel_note = None;
-    let mut rows = Vec::new();
-    for (label, assets) in prepared {
-        let row = match assets {
-            Err(e) => Row::failed(
-                &label,
-                &accel.to_string(),
-                format!("kernel fetch failed: {e:#}"),
-            ),
-            Ok(a) => match boot_kernel(&ctx, &a, &mut accel, &mut accel_note) {
-                Ok(row) => row,
-                Err(e) => Row::failed(&label, &accel.to_string(), format!("{e:#}")),
-            },
-        };
-        if !ctx.guest.shell {
-            progress!(
-                "{} [{}]: {}",
-                row.kernel,
-                row.name,
-                match row.status {
-                    Status::Pass => "ok",
-                    Status::Skip => "skipped",
-                    Status::Fail => "FAILED",
-                }
-            );
-        }
-        rows.push(row);
-    }
+    let parallel = if ctx.guest.shell {
+        1
+    } else {
+        ctx.args.parallel.max(1)
+    };
+    let (mut rows, accel_note) = boot_all(&ctx, prepared, decision.accel, parallel);
     if ctx.guest.shell {
         return Ok(true);
     }
@@ -363,6 +352,71 @@ fn real_main(args: Args) -> Result<bool> {
         progress!("wrote {}", path.display());
     }
     Ok(ok)
+}
+
+/// Boots the prepared kernels, `parallel` at a time, and returns their rows
+/// in the order asked for, with the note of a KVM-to-TCG fallback if one
+/// happened (the fallback sticks for the boots that start after it).
+fn boot_all(
+    ctx: &Ctx,
+    prepared: Vec<(String, Result<KernelAssets>)>,
+    accel: Accel,
+    parallel: usize,
+) -> (Vec<Row>, Option<String>) {
+    use std::sync::Mutex;
+    let queue = Mutex::new(prepared.into_iter().enumerate().collect::<Vec<_>>());
+    let shared = Mutex::new((accel, None::<String>));
+    let done = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                // Take from the front so kernels start in the order asked for.
+                let next = {
+                    let mut q = queue.lock().unwrap();
+                    (!q.is_empty()).then(|| q.remove(0))
+                };
+                let Some((i, (label, assets))) = next else {
+                    break;
+                };
+                let (mut accel, mut note) = shared.lock().unwrap().clone();
+                let row = match assets {
+                    Err(e) if e.downcast_ref::<kernel::NotServed>().is_some() => {
+                        progress!("kernel {label}: {e:#}");
+                        Row::not_run(&label, &accel.to_string(), format!("{e:#}"))
+                    }
+                    Err(e) => Row::failed(
+                        &label,
+                        &accel.to_string(),
+                        format!("kernel fetch failed: {e:#}"),
+                    ),
+                    Ok(a) => match boot_kernel(ctx, &a, &mut accel, &mut note) {
+                        Ok(row) => row,
+                        Err(e) => Row::failed(&label, &accel.to_string(), format!("{e:#}")),
+                    },
+                };
+                if note.is_some() {
+                    *shared.lock().unwrap() = (accel, note);
+                }
+                if !ctx.guest.shell {
+                    progress!(
+                        "{} [{}]: {}",
+                        row.kernel,
+                        row.name,
+                        match row.status {
+                            Status::Pass => "ok",
+                            Status::Skip => "skipped",
+                            Status::Fail => "FAILED",
+                        }
+                    );
+                }
+                done.lock().unwrap().push((i, row));
+            });
+        }
+    });
+    let mut rows = done.into_inner().unwrap();
+    rows.sort_by_key(|(i, _)| *i);
+    let note = shared.into_inner().unwrap().1;
+    (rows.into_iter().map(|(_, r)| r).collect(), note)
 }
 
 /// A copy of the overlayer binary without debug info (about 9x smaller, so
@@ -642,7 +696,9 @@ mod tests {
                     .map(|e| e.file_name().to_string_lossy().into_owned())
             })
             .expect("cannot run: no unpacked kernel in vm/cache/kernels (run make vm-test once)");
-        let assets = kernel::prepare(&spec::KernelSpec::Package(pkg), &cache).unwrap();
+        let mut fetcher = kernel::Fetcher::new(&cache).unwrap();
+        let assets =
+            kernel::prepare(&spec::KernelSpec::Package(pkg), &cache, &mut fetcher).unwrap();
         let modules =
             match kernel::module_chain(assets.modules_dir.as_ref().unwrap(), "overlay").unwrap() {
                 OverlaySource::Modules(m) => m,

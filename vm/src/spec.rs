@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 /// Kernels booted when nothing else is asked for.
-pub const DEFAULT_KERNELS: &str = "6.1,6.12";
+/// 5.10 (bullseye) is the LTS before `userxattr` and tmpfs `user.*` xattrs;
+/// 6.1 (bookworm) lacks xattr whiteouts; 6.12 has them; 7.2 (sid) is the
+/// newest Debian builds.
+pub const DEFAULT_KERNELS: &str = "5.10,6.1,6.12,7.2";
 
 /// One kernel to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -84,6 +84,17 @@ impl Row {
             console_tail: Vec::new(),
         }
     }
+
+    /// A row for a kernel that was not run, and why (a series the mirror
+    /// no longer serves): reported, and the run does not fail for it.
+    pub fn not_run(name: &str, accel: &str, why: String) -> Row {
+        Row {
+            status: Status::Skip,
+            notes: vec![why],
+            problems: Vec::new(),
+            ..Row::failed(name, accel, String::new())
+        }
+    }
 }
 
 /// The last `n` console lines, preceded by earlier lines that explain a
