@@ -119,12 +119,18 @@ impl Disk {
         }
         if !self.dirs.contains_key(dir) {
             let fd = sys::open_dir_path(self.root.as_fd(), &dir.join("/"))?;
-            if self.dirs.len() >= DIR_CACHE {
-                self.dirs.clear();
-            }
-            self.dirs.insert(dir.to_vec(), fd);
+            self.remember(dir, fd);
         }
         Ok(self.dirs[dir].as_fd())
+    }
+
+    /// Caches `fd` as the directory `dir` (symlink-free: opened below a
+    /// cached directory with `O_NOFOLLOW`, or with `RESOLVE_NO_SYMLINKS`).
+    fn remember(&mut self, dir: &[String], fd: OwnedFd) {
+        if self.dirs.len() >= DIR_CACHE {
+            self.dirs.clear();
+        }
+        self.dirs.insert(dir.to_vec(), fd);
     }
 
     fn split<'p>(&mut self, path: &'p [String]) -> io::Result<(BorrowedFd<'_>, &'p str)> {
@@ -228,8 +234,12 @@ fn read_names(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
 }
 
 impl Target for Disk {
+    fn known_dir(&mut self, path: &[String]) -> bool {
+        path.is_empty() || self.dirs.contains_key(path)
+    }
+
     fn kind(&mut self, path: &[String]) -> Result<Option<Kind>, Fault> {
-        if path.is_empty() || self.dirs.contains_key(path) {
+        if self.known_dir(path) {
             return Ok(Some(Kind::Dir));
         }
         let (dir, name) = match self.split(path) {
@@ -272,16 +282,20 @@ impl Target for Disk {
         result.op("remove")
     }
 
-    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
+    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<bool, Fault> {
         let (dir, name) = self.split(path).op("open parent")?;
-        rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
-            .map_err(io::Error::from)
-            .op("mkdir")?;
+        match rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => return Ok(false),
+            Err(e) => return Err(io::Error::from(e)).op("mkdir"),
+        }
         let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open dir")?;
         set_meta_fd(fd.as_fd(), meta, false, (self.euid, self.egid))
             .op("set directory metadata")?;
         self.dir_mtimes.insert(path.to_vec(), meta.mtime);
-        Ok(())
+        // Its entries come next: keep the fd instead of opening it again.
+        self.remember(path, fd);
+        Ok(true)
     }
 
     fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault> {
@@ -294,7 +308,9 @@ impl Target for Disk {
         // the parent's group and setgid bit (found by fuzzing).
         let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open")?;
         set_meta_fd(fd.as_fd(), &rules::implied_dir_meta(), false, ids)
-            .op("set implied directory owner and mode")
+            .op("set implied directory owner and mode")?;
+        self.remember(path, fd);
+        Ok(())
     }
 
     fn replace_dir_meta(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
@@ -317,7 +333,7 @@ impl Target for Disk {
         kind: &EntryKind,
         meta: &Meta,
         data: &mut dyn Read,
-    ) -> Result<(), Fault> {
+    ) -> Result<bool, Fault> {
         let (euid, egid) = (self.euid, self.egid);
         let mut buf = std::mem::take(&mut self.buf);
         let result = self.make_node_with(path, kind, meta, data, &mut buf, (euid, egid));
@@ -339,22 +355,25 @@ impl Disk {
         data: &mut dyn Read,
         buf: &mut [u8],
         (euid, egid): (u32, u32),
-    ) -> Result<(), Fault> {
+    ) -> Result<bool, Fault> {
         let (dir, name) = self.split(path).op("open parent")?;
         if *kind == EntryKind::File {
-            let fd = rfs::openat(
+            let fd = match rfs::openat(
                 dir,
                 name,
                 OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
-            )
-            .map_err(io::Error::from)
-            .op("create file")?;
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::EXIST) => return Ok(false),
+                Err(e) => return Err(io::Error::from(e)).op("create file"),
+            };
             let mut file = File::from(fd);
             copy(data, &mut file, buf).op("write file")?;
-            return set_meta_fd(file.as_fd(), meta, true, (euid, egid)).op("set file metadata");
+            set_meta_fd(file.as_fd(), meta, true, (euid, egid)).op("set file metadata")?;
+            return Ok(true);
         }
-        match kind {
+        let created = match kind {
             EntryKind::Symlink(target) => rfs::symlinkat(target.as_str(), dir, name),
             EntryKind::Fifo => rfs::mknodat(
                 dir,
@@ -378,9 +397,12 @@ impl Disk {
                 )
             }
             other => unreachable!("not a node kind: {other:?}"),
+        };
+        match created {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => return Ok(false),
+            Err(e) => return Err(io::Error::from(e)).op("create node"),
         }
-        .map_err(io::Error::from)
-        .op("create node")?;
         if euid == 0 || (meta.uid, meta.gid) != (euid, egid) {
             rfs::chownat(
                 dir,
@@ -400,7 +422,8 @@ impl Disk {
         for (key, value) in &meta.xattrs {
             sys::set_xattr_at(dir, name, key, value).op("set xattr")?;
         }
-        sys::set_mtime_at(dir, name, meta.mtime).op("set mtime")
+        sys::set_mtime_at(dir, name, meta.mtime).op("set mtime")?;
+        Ok(true)
     }
 
     fn link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {

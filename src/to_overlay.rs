@@ -313,9 +313,16 @@ impl Target for MemTree {
         Ok(())
     }
 
-    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
+    fn known_dir(&mut self, path: &[String]) -> bool {
+        matches!(self.nodes.get(path), Some(n) if matches!(n.kind, NodeKind::Dir))
+    }
+
+    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<bool, Fault> {
+        if self.nodes.contains_key(path) {
+            return Ok(false);
+        }
         self.insert(path, NodeKind::Dir, meta.clone());
-        Ok(())
+        Ok(true)
     }
 
     fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault> {
@@ -337,7 +344,10 @@ impl Target for MemTree {
         kind: &EntryKind,
         meta: &Meta,
         data: &mut dyn Read,
-    ) -> Result<(), Fault> {
+    ) -> Result<bool, Fault> {
+        if self.nodes.contains_key(path) {
+            return Ok(false);
+        }
         let inode = self.id();
         if *kind == EntryKind::File {
             let blob = inode.to_string();
@@ -357,7 +367,7 @@ impl Target for MemTree {
             inode,
         };
         self.insert(path, kind, meta.clone());
-        Ok(())
+        Ok(true)
     }
 
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {
