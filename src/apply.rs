@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -95,9 +95,6 @@ struct Disk {
     dir_mtimes: BTreeMap<Vec<String>, i64>,
     euid: u32,
     egid: u32,
-    /// File content goes through this buffer: one write per 256 KiB
-    /// instead of per 8 KiB (io::copy's), a quarter of the syscalls.
-    buf: Vec<u8>,
 }
 
 impl Disk {
@@ -105,7 +102,6 @@ impl Disk {
         Disk {
             root,
             dirs: HashMap::new(),
-            buf: vec![0; 256 * 1024],
             dir_mtimes: BTreeMap::new(),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
@@ -184,16 +180,20 @@ fn set_meta_fd(
     }
 }
 
-fn copy(from: &mut dyn Read, to: &mut File, buf: &mut [u8]) -> io::Result<()> {
+/// Writes a body to `to` straight from the reader's buffer: no copy in
+/// user space, one `write` per buffer fill (256 KiB) at most.
+pub(crate) fn write_body(from: &mut dyn BufRead, to: &mut File) -> io::Result<()> {
     use std::io::Write;
     loop {
-        let n = match from.read(buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
+        let buf = match from.fill_buf() {
+            Ok([]) => return Ok(()),
+            Ok(buf) => buf,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        to.write_all(&buf[..n])?;
+        let n = buf.len();
+        to.write_all(buf)?;
+        from.consume(n);
     }
 }
 
@@ -332,13 +332,10 @@ impl Target for Disk {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
+        data: &mut dyn BufRead,
     ) -> Result<bool, Fault> {
-        let (euid, egid) = (self.euid, self.egid);
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = self.make_node_with(path, kind, meta, data, &mut buf, (euid, egid));
-        self.buf = buf;
-        result
+        let ids = (self.euid, self.egid);
+        self.make_node_with(path, kind, meta, data, ids)
     }
 
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {
@@ -352,8 +349,7 @@ impl Disk {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
-        buf: &mut [u8],
+        data: &mut dyn BufRead,
         (euid, egid): (u32, u32),
     ) -> Result<bool, Fault> {
         let (dir, name) = self.split(path).op("open parent")?;
@@ -369,7 +365,7 @@ impl Disk {
                 Err(e) => return Err(io::Error::from(e)).op("create file"),
             };
             let mut file = File::from(fd);
-            copy(data, &mut file, buf).op("write file")?;
+            write_body(data, &mut file).op("write file")?;
             set_meta_fd(file.as_fd(), meta, true, (euid, egid)).op("set file metadata")?;
             return Ok(true);
         }

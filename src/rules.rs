@@ -32,7 +32,7 @@
 //! * Overlay-private xattrs in a layer are escaped (see `spec`), never set live.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Read;
+use std::io::BufRead;
 
 use crate::error::{Fault, Rule};
 use crate::layer::{Entry, EntryKind, Meta, RelPath};
@@ -79,7 +79,7 @@ pub(crate) trait Target {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
+        data: &mut dyn BufRead,
     ) -> Result<bool, Fault>;
     /// Makes `path` (which does not exist) another name of `target`.
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault>;
@@ -137,7 +137,7 @@ impl<'t, T: Target> LayerRules<'t, T> {
         }
     }
 
-    pub(crate) fn entry(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<(), Fault> {
+    pub(crate) fn entry(&mut self, entry: &Entry, data: &mut dyn BufRead) -> Result<(), Fault> {
         match &entry.kind {
             EntryKind::Whiteout => self.whiteout(&entry.path),
             EntryKind::Opaque => self.opaque(&entry.path),
@@ -201,7 +201,7 @@ impl<'t, T: Target> LayerRules<'t, T> {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
+        data: &mut dyn BufRead,
     ) -> Result<(), Fault> {
         let path = self.place(path)?;
         if !self.target.make_node(&path, kind, meta, data)? {

@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::ops::Bound;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -343,7 +343,7 @@ impl Target for MemTree {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
+        data: &mut dyn BufRead,
     ) -> Result<bool, Fault> {
         if self.nodes.contains_key(path) {
             return Ok(false);
@@ -359,7 +359,7 @@ impl Target for MemTree {
             )
             .map_err(io::Error::from)
             .op("stage file content")?;
-            io::copy(data, &mut File::from(fd)).op("stage file content")?;
+            crate::apply::write_body(data, &mut File::from(fd)).op("stage file content")?;
             self.content.insert(inode, Content::Staged(blob));
         }
         let kind = NodeKind::Leaf {
