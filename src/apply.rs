@@ -206,7 +206,7 @@ fn kind_of(stat: &rfs::Stat) -> Kind {
 }
 
 /// Removes the entry `name` of `dir`, recursively, using fds only.
-fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let stat = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     if kind_of(&stat) == Kind::Dir {
         let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
