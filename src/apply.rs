@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -95,9 +95,6 @@ struct Disk {
     dir_mtimes: BTreeMap<Vec<String>, i64>,
     euid: u32,
     egid: u32,
-    /// File content goes through this buffer: one write per 256 KiB
-    /// instead of per 8 KiB (io::copy's), a quarter of the syscalls.
-    buf: Vec<u8>,
 }
 
 impl Disk {
@@ -105,7 +102,6 @@ impl Disk {
         Disk {
             root,
             dirs: HashMap::new(),
-            buf: vec![0; 256 * 1024],
             dir_mtimes: BTreeMap::new(),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
@@ -119,12 +115,18 @@ impl Disk {
         }
         if !self.dirs.contains_key(dir) {
             let fd = sys::open_dir_path(self.root.as_fd(), &dir.join("/"))?;
-            if self.dirs.len() >= DIR_CACHE {
-                self.dirs.clear();
-            }
-            self.dirs.insert(dir.to_vec(), fd);
+            self.remember(dir, fd);
         }
         Ok(self.dirs[dir].as_fd())
+    }
+
+    /// Caches `fd` as the directory `dir` (symlink-free: opened below a
+    /// cached directory with `O_NOFOLLOW`, or with `RESOLVE_NO_SYMLINKS`).
+    fn remember(&mut self, dir: &[String], fd: OwnedFd) {
+        if self.dirs.len() >= DIR_CACHE {
+            self.dirs.clear();
+        }
+        self.dirs.insert(dir.to_vec(), fd);
     }
 
     fn split<'p>(&mut self, path: &'p [String]) -> io::Result<(BorrowedFd<'_>, &'p str)> {
@@ -178,16 +180,20 @@ fn set_meta_fd(
     }
 }
 
-fn copy(from: &mut dyn Read, to: &mut File, buf: &mut [u8]) -> io::Result<()> {
+/// Writes a body to `to` straight from the reader's buffer: no copy in
+/// user space, one `write` per buffer fill (256 KiB) at most.
+pub(crate) fn write_body(from: &mut dyn BufRead, to: &mut File) -> io::Result<()> {
     use std::io::Write;
     loop {
-        let n = match from.read(buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
+        let buf = match from.fill_buf() {
+            Ok([]) => return Ok(()),
+            Ok(buf) => buf,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        to.write_all(&buf[..n])?;
+        let n = buf.len();
+        to.write_all(buf)?;
+        from.consume(n);
     }
 }
 
@@ -200,7 +206,7 @@ fn kind_of(stat: &rfs::Stat) -> Kind {
 }
 
 /// Removes the entry `name` of `dir`, recursively, using fds only.
-fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let stat = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     if kind_of(&stat) == Kind::Dir {
         let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
@@ -228,8 +234,12 @@ fn read_names(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
 }
 
 impl Target for Disk {
+    fn known_dir(&mut self, path: &[String]) -> bool {
+        path.is_empty() || self.dirs.contains_key(path)
+    }
+
     fn kind(&mut self, path: &[String]) -> Result<Option<Kind>, Fault> {
-        if path.is_empty() || self.dirs.contains_key(path) {
+        if self.known_dir(path) {
             return Ok(Some(Kind::Dir));
         }
         let (dir, name) = match self.split(path) {
@@ -272,16 +282,20 @@ impl Target for Disk {
         result.op("remove")
     }
 
-    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
+    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<bool, Fault> {
         let (dir, name) = self.split(path).op("open parent")?;
-        rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
-            .map_err(io::Error::from)
-            .op("mkdir")?;
+        match rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => return Ok(false),
+            Err(e) => return Err(io::Error::from(e)).op("mkdir"),
+        }
         let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open dir")?;
         set_meta_fd(fd.as_fd(), meta, false, (self.euid, self.egid))
             .op("set directory metadata")?;
         self.dir_mtimes.insert(path.to_vec(), meta.mtime);
-        Ok(())
+        // Its entries come next: keep the fd instead of opening it again.
+        self.remember(path, fd);
+        Ok(true)
     }
 
     fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault> {
@@ -294,7 +308,9 @@ impl Target for Disk {
         // the parent's group and setgid bit (found by fuzzing).
         let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open")?;
         set_meta_fd(fd.as_fd(), &rules::implied_dir_meta(), false, ids)
-            .op("set implied directory owner and mode")
+            .op("set implied directory owner and mode")?;
+        self.remember(path, fd);
+        Ok(())
     }
 
     fn replace_dir_meta(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
@@ -316,13 +332,10 @@ impl Target for Disk {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
-    ) -> Result<(), Fault> {
-        let (euid, egid) = (self.euid, self.egid);
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = self.make_node_with(path, kind, meta, data, &mut buf, (euid, egid));
-        self.buf = buf;
-        result
+        data: &mut dyn BufRead,
+    ) -> Result<bool, Fault> {
+        let ids = (self.euid, self.egid);
+        self.make_node_with(path, kind, meta, data, ids)
     }
 
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {
@@ -336,25 +349,27 @@ impl Disk {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
-        buf: &mut [u8],
+        data: &mut dyn BufRead,
         (euid, egid): (u32, u32),
-    ) -> Result<(), Fault> {
+    ) -> Result<bool, Fault> {
         let (dir, name) = self.split(path).op("open parent")?;
         if *kind == EntryKind::File {
-            let fd = rfs::openat(
+            let fd = match rfs::openat(
                 dir,
                 name,
                 OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
-            )
-            .map_err(io::Error::from)
-            .op("create file")?;
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::EXIST) => return Ok(false),
+                Err(e) => return Err(io::Error::from(e)).op("create file"),
+            };
             let mut file = File::from(fd);
-            copy(data, &mut file, buf).op("write file")?;
-            return set_meta_fd(file.as_fd(), meta, true, (euid, egid)).op("set file metadata");
+            write_body(data, &mut file).op("write file")?;
+            set_meta_fd(file.as_fd(), meta, true, (euid, egid)).op("set file metadata")?;
+            return Ok(true);
         }
-        match kind {
+        let created = match kind {
             EntryKind::Symlink(target) => rfs::symlinkat(target.as_str(), dir, name),
             EntryKind::Fifo => rfs::mknodat(
                 dir,
@@ -378,9 +393,12 @@ impl Disk {
                 )
             }
             other => unreachable!("not a node kind: {other:?}"),
+        };
+        match created {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => return Ok(false),
+            Err(e) => return Err(io::Error::from(e)).op("create node"),
         }
-        .map_err(io::Error::from)
-        .op("create node")?;
         if euid == 0 || (meta.uid, meta.gid) != (euid, egid) {
             rfs::chownat(
                 dir,
@@ -400,7 +418,8 @@ impl Disk {
         for (key, value) in &meta.xattrs {
             sys::set_xattr_at(dir, name, key, value).op("set xattr")?;
         }
-        sys::set_mtime_at(dir, name, meta.mtime).op("set mtime")
+        sys::set_mtime_at(dir, name, meta.mtime).op("set mtime")?;
+        Ok(true)
     }
 
     fn link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {

@@ -1031,7 +1031,10 @@ fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
     let reader = crate::layer::decompress(file).map_err(|e| Error::path(path, "read image", e))?;
     // Headers are read by the layer reader's stream, so an extension record
     // (PAX, GNU long name) is bounded as in a layer.
-    let mut stream = TarStream::new(reader, crate::Limits::DEFAULT_MAX_EXTENSION_BYTES);
+    let mut stream = TarStream::new(
+        std::io::BufReader::new(reader),
+        crate::Limits::DEFAULT_MAX_EXTENSION_BYTES,
+    );
     let mut image_like = false;
     let mut bad_name: Option<(String, crate::Rule)> = None;
     let mut broken: Option<String> = None;

@@ -44,15 +44,16 @@ const CHUNK: usize = 256 * 1024;
 /// Chunks in flight: the inflater runs at most this far ahead (1 MiB).
 const CHUNKS_AHEAD: usize = 4;
 
-/// The reading end of an inflating thread.
+/// The reading end of an inflating thread; chunks are read in place
+/// (`BufRead`).
 struct Inflated {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     pos: usize,
 }
 
-impl Read for Inflated {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl BufRead for Inflated {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
@@ -60,14 +61,30 @@ impl Read for Inflated {
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(&self.chunk[self.pos..])
     }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.chunk.len());
+    }
+}
+
+impl Read for Inflated {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_via_buf(self, buf)
+    }
+}
+
+/// `Read::read` for a `BufRead`: copies what is buffered.
+fn read_via_buf<B: BufRead + ?Sized>(from: &mut B, buf: &mut [u8]) -> io::Result<usize> {
+    let got = from.fill_buf()?;
+    let n = got.len().min(buf.len());
+    buf[..n].copy_from_slice(&got[..n]);
+    from.consume(n);
+    Ok(n)
 }
 
 /// Inflates `dec` into `tx` until it ends, fails, or the reader hangs up.
@@ -199,8 +216,9 @@ enum Trip {
 }
 
 /// The inflated stream of a layer, counted against the byte budget and
-/// watching for cancellation on every read, so a bomb stops within one
-/// buffer of the limit.
+/// watching for cancellation on every fill, so a bomb stops within one
+/// buffer of the limit. Bytes count when consumed, and no more than one
+/// byte past the budget is ever handed out.
 struct Counted<R> {
     inner: R,
     used: Rc<Cell<u64>>,
@@ -208,20 +226,33 @@ struct Counted<R> {
     trip: Rc<Cell<Option<Trip>>>,
 }
 
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if limits::cancelled() {
             self.trip.set(Some(Trip::Cancel));
             return Err(io::Error::other("cancelled"));
         }
-        let n = self.inner.read(buf)?;
-        let used = self.used.get() + n as u64;
-        self.used.set(used);
+        let used = self.used.get();
         if used > self.max {
             self.trip.set(Some(Trip::Bytes));
             return Err(io::Error::other("inflated size limit exceeded"));
         }
-        Ok(n)
+        let room = usize::try_from(self.max - used)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let buf = self.inner.fill_buf()?;
+        Ok(&buf[..buf.len().min(room)])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.used.set(self.used.get() + n as u64);
+    }
+}
+
+impl<R: BufRead> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_via_buf(self, buf)
     }
 }
 
@@ -265,7 +296,7 @@ impl StackReader {
     pub fn read_layer<R, F>(&mut self, layer: usize, reader: R, mut visit: F) -> Result<()>
     where
         R: Read + Send,
-        F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
+        F: FnMut(&Entry, &mut dyn BufRead) -> Result<()>,
     {
         let trip = Rc::new(Cell::new(None));
         let mut last = String::from("<archive start>");
@@ -327,8 +358,8 @@ impl StackReader {
         visit: &mut F,
     ) -> Result<()>
     where
-        R: Read,
-        F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
+        R: BufRead,
+        F: FnMut(&Entry, &mut dyn BufRead) -> Result<()>,
     {
         let corrupt = |entry: &str, detail: String| Error::Invalid {
             layer,
@@ -497,7 +528,7 @@ fn stream_error(layer: usize, last: &str, e: StreamError) -> Error {
 pub fn read_layer<R, F>(layer: usize, reader: R, visit: F) -> Result<()>
 where
     R: Read + Send,
-    F: FnMut(&Entry, &mut dyn Read) -> Result<()>,
+    F: FnMut(&Entry, &mut dyn BufRead) -> Result<()>,
 {
     StackReader::new(ReadOptions::default()).read_layer(layer, reader, visit)
 }

@@ -32,7 +32,7 @@
 //! * Overlay-private xattrs in a layer are escaped (see `spec`), never set live.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Read;
+use std::io::BufRead;
 
 use crate::error::{Fault, Rule};
 use crate::layer::{Entry, EntryKind, Meta, RelPath};
@@ -59,18 +59,28 @@ pub(crate) trait Target {
     fn readlink(&mut self, path: &[String]) -> Result<String, Fault>;
     fn children(&mut self, path: &[String]) -> Result<Vec<String>, Fault>;
     fn remove_all(&mut self, path: &[String]) -> Result<(), Fault>;
-    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault>;
+    /// Whether `path` is known to be a directory without asking the
+    /// filesystem (a cheap hint; `false` says nothing).
+    fn known_dir(&mut self, _path: &[String]) -> bool {
+        false
+    }
+    /// Creates a directory at `path`; `Ok(false)` if something exists
+    /// there already (nothing is changed then).
+    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<bool, Fault>;
     /// A directory the layer implies but does not list: 0755, root:root.
     fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault>;
     fn replace_dir_meta(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault>;
-    /// Creates a file, symlink, fifo or device node; `path` does not exist.
+    /// Creates a file, symlink, fifo or device node at `path`; `Ok(false)`
+    /// if something exists there already (nothing is changed then and
+    /// nothing is read from `data`). Creating first and looking only when
+    /// the name is taken saves a lookup per entry, as `tar` does.
     fn make_node(
         &mut self,
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
-    ) -> Result<(), Fault>;
+        data: &mut dyn BufRead,
+    ) -> Result<bool, Fault>;
     /// Makes `path` (which does not exist) another name of `target`.
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault>;
     /// Told when a marker cleared the lower content of the directory `dir`.
@@ -127,7 +137,7 @@ impl<'t, T: Target> LayerRules<'t, T> {
         }
     }
 
-    pub(crate) fn entry(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<(), Fault> {
+    pub(crate) fn entry(&mut self, entry: &Entry, data: &mut dyn BufRead) -> Result<(), Fault> {
         match &entry.kind {
             EntryKind::Whiteout => self.whiteout(&entry.path),
             EntryKind::Opaque => self.opaque(&entry.path),
@@ -169,13 +179,18 @@ impl<'t, T: Target> LayerRules<'t, T> {
             return self.target.replace_dir_meta(path, meta);
         }
         let path = self.place(path)?;
-        match self.target.kind(&path)? {
-            Some(Kind::Dir) => self.target.replace_dir_meta(&path, meta)?,
-            Some(_) => {
-                self.target.remove_all(&path)?;
-                self.target.make_dir(&path, meta)?;
+        if self.target.known_dir(&path) {
+            self.target.replace_dir_meta(&path, meta)?;
+        } else if !self.target.make_dir(&path, meta)? {
+            match self.target.kind(&path)? {
+                Some(Kind::Dir) => self.target.replace_dir_meta(&path, meta)?,
+                _ => {
+                    self.target.remove_all(&path)?;
+                    if !self.target.make_dir(&path, meta)? {
+                        return Err(still_exists("mkdir"));
+                    }
+                }
             }
-            None => self.target.make_dir(&path, meta)?,
         }
         self.touch(&path);
         Ok(())
@@ -186,13 +201,15 @@ impl<'t, T: Target> LayerRules<'t, T> {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
+        data: &mut dyn BufRead,
     ) -> Result<(), Fault> {
         let path = self.place(path)?;
-        if self.target.kind(&path)?.is_some() {
+        if !self.target.make_node(&path, kind, meta, data)? {
             self.target.remove_all(&path)?;
+            if !self.target.make_node(&path, kind, meta, data)? {
+                return Err(still_exists("create node"));
+            }
         }
-        self.target.make_node(&path, kind, meta, data)?;
         self.touch(&path);
         Ok(())
     }
@@ -319,6 +336,12 @@ impl<'t, T: Target> LayerRules<'t, T> {
         }
         Ok(Some(stack))
     }
+}
+
+/// A name that is still taken after its removal (only a concurrent writer
+/// can do that).
+fn still_exists(op: &'static str) -> Fault {
+    Fault::Io(op, std::io::Error::from(std::io::ErrorKind::AlreadyExists))
 }
 
 fn split(path: &[String]) -> (&[String], &str) {

@@ -10,7 +10,7 @@
 //! disagree on where a member ends see different archives.
 
 use std::borrow::Cow;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 /// The tar block size: headers, and bodies padded to it.
 const BLOCK: u64 = 512;
@@ -218,8 +218,8 @@ fn split_record(data: &[u8]) -> Result<Record<'_>, String> {
 }
 
 /// Reads members one at a time; the body of the current one is read through
-/// [`TarStream::body`], and whatever is left of it is skipped before the
-/// next header.
+/// [`TarStream::body`] (in place, from the reader's buffer), and whatever is
+/// left of it is skipped before the next header.
 pub(crate) struct TarStream<R> {
     inner: R,
     /// Body bytes of the current member not read yet.
@@ -231,7 +231,7 @@ pub(crate) struct TarStream<R> {
     truncated: bool,
 }
 
-impl<R: Read> TarStream<R> {
+impl<R: BufRead> TarStream<R> {
     pub(crate) fn new(inner: R, max_extension: u64) -> Self {
         TarStream {
             inner,
@@ -329,14 +329,20 @@ impl<R: Read> TarStream<R> {
 
     /// Skips what is left of the current member's body and its padding.
     pub(crate) fn skip_rest(&mut self) -> Result<(), StreamError> {
-        let left = self.remaining + self.padding;
-        if left == 0 {
-            return Ok(());
-        }
-        let skipped = io::copy(&mut (&mut self.inner).take(left), &mut io::sink())?;
-        if skipped < left {
-            self.truncated = true;
-            return Err(StreamError::Corrupt("truncated in a member's data".into()));
+        let mut left = self.remaining + self.padding;
+        while left > 0 {
+            let buf = match self.inner.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if buf.is_empty() {
+                self.truncated = true;
+                return Err(StreamError::Corrupt("truncated in a member's data".into()));
+            }
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.inner.consume(n);
+            left -= n as u64;
         }
         self.remaining = 0;
         self.padding = 0;
@@ -402,24 +408,42 @@ pub(crate) struct Body<'s, R> {
     stream: &'s mut TarStream<R>,
 }
 
-impl<R: Read> Read for Body<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl<R: BufRead> BufRead for Body<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         let s = &mut *self.stream;
-        if s.remaining == 0 || buf.is_empty() {
-            return Ok(0);
+        if s.remaining == 0 {
+            return Ok(&[]);
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(s.remaining).unwrap_or(usize::MAX));
-        let n = s.inner.read(&mut buf[..want])?;
-        if n == 0 {
+        let buf = s.inner.fill_buf()?;
+        if buf.is_empty() {
             s.truncated = true;
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "archive truncated in a member's data",
             ));
         }
-        s.remaining -= n as u64;
+        let n = buf
+            .len()
+            .min(usize::try_from(s.remaining).unwrap_or(usize::MAX));
+        Ok(&buf[..n])
+    }
+
+    fn consume(&mut self, n: usize) {
+        let n = n.min(usize::try_from(self.stream.remaining).unwrap_or(usize::MAX));
+        self.stream.inner.consume(n);
+        self.stream.remaining -= n as u64;
+    }
+}
+
+impl<R: BufRead> Read for Body<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let got = self.fill_buf()?;
+        let n = got.len().min(buf.len());
+        buf[..n].copy_from_slice(&got[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::ops::Bound;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -131,12 +131,15 @@ fn convert_layers<R: Read + Send>(
         Mode::empty(),
     )
     .map_err(|e| Error::path(staging.display(), "open", e.into()))?;
-    let mut tree = MemTree::new(staging_fd);
+    let tree_out = out_fd
+        .try_clone()
+        .map_err(|e| Error::path(out.display(), "dup", e))?;
+    let mut tree = MemTree::new(staging_fd, tree_out);
     let mut dirs = Vec::new();
     let mut stack = StackReader::new(opts.read);
     for (index, reader) in layers.into_iter().enumerate() {
         let before = tree.nodes.clone();
-        tree.start_layer();
+        tree.start_layer(index).map_err(|f| f.at(index, "."))?;
         let mut rules = LayerRules::new(&mut tree);
         stack.read_layer(index, reader, |entry, data| {
             rules
@@ -165,6 +168,7 @@ fn convert_layers<R: Read + Send>(
             };
             f.at(index, &at)
         })?;
+        tree.finish_layer(index);
         dirs.push(layer_dir);
     }
     Ok(Converted {
@@ -194,7 +198,12 @@ struct Node {
 /// Where a regular file's bytes are.
 #[derive(Debug, Clone)]
 enum Content {
-    /// Read in the current layer, waiting in the staging directory.
+    /// Read in the current layer and written at this path of its directory,
+    /// metadata included (so emitting it there costs nothing).
+    Placed(RelPath),
+    /// Read in the current layer, then moved aside to the staging directory
+    /// (metadata set) because its path was replaced within the layer while
+    /// a hardlink may still name it.
     Staged(String),
     /// Written into an emitted layer directory.
     InLayer(usize, RelPath),
@@ -206,6 +215,12 @@ struct MemTree {
     content: HashMap<u64, Content>,
     next_id: u64,
     staging: OwnedFd,
+    /// The output directory, holding one directory per layer.
+    out: OwnedFd,
+    /// The directory of the layer being read, where its files are written.
+    layer: Option<LayerDir>,
+    /// Files placed in the current layer.
+    placed: Vec<u64>,
     /// Paths created, changed or removed in the current layer.
     changed: HashSet<RelPath>,
     /// Directories an opaque marker (or a whiteout of a touched directory)
@@ -219,7 +234,7 @@ struct MemTree {
 }
 
 impl MemTree {
-    fn new(staging: OwnedFd) -> Self {
+    fn new(staging: OwnedFd, out: OwnedFd) -> Self {
         let mut nodes = BTreeMap::new();
         nodes.insert(
             Vec::new(),
@@ -234,6 +249,9 @@ impl MemTree {
             content: HashMap::new(),
             next_id: 1,
             staging,
+            out,
+            layer: None,
+            placed: Vec::new(),
             changed: HashSet::new(),
             opaqued: HashSet::new(),
             names: HashMap::new(),
@@ -241,10 +259,40 @@ impl MemTree {
         }
     }
 
-    fn start_layer(&mut self) {
+    /// Creates the layer's directory `out/INDEX`, where its files are
+    /// written as they are read.
+    fn start_layer(&mut self, index: usize) -> Result<(), Fault> {
         self.changed.clear();
         self.opaqued.clear();
         self.copied_up.clear();
+        let name = index.to_string();
+        rfs::mkdirat(&self.out, name.as_str(), Mode::from_raw_mode(0o700))
+            .map_err(io::Error::from)
+            .op("mkdir layer")?;
+        let root = sys::open_entry(self.out.as_fd(), &name, OFlags::PATH | OFlags::DIRECTORY)
+            .op("open layer")?;
+        self.layer = Some(LayerDir {
+            root,
+            made: HashSet::new(),
+            fds: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    /// After the layer is emitted: its placed files are where later layers
+    /// find them (for copies up).
+    fn finish_layer(&mut self, index: usize) {
+        for inode in std::mem::take(&mut self.placed) {
+            if let Some(Content::Placed(at)) = self.content.get(&inode) {
+                let at = at.clone();
+                self.content.insert(inode, Content::InLayer(index, at));
+            }
+        }
+        self.layer = None;
+    }
+
+    fn layer_dir(&mut self) -> &mut LayerDir {
+        self.layer.as_mut().expect("a layer is being read")
     }
 
     fn id(&mut self) -> u64 {
@@ -256,6 +304,77 @@ impl MemTree {
         let id = self.id();
         self.nodes.insert(path.to_vec(), Node { kind, meta, id });
         self.changed.insert(path.to_vec());
+    }
+}
+
+impl MemTree {
+    /// Moves a file placed at `path` in the current layer to the staging
+    /// directory: its path is being replaced, but a hardlink of this layer
+    /// may still name the inode.
+    fn move_aside(&mut self, path: &[String], inode: u64) -> Result<(), Fault> {
+        let (name, parent) = path.split_last().expect("below the root");
+        let blob = inode.to_string();
+        let layer = self.layer.as_mut().expect("a layer is being read");
+        let dir = layer.subdir(parent).op("open directory in layer")?;
+        rfs::renameat(dir, name.as_str(), &self.staging, blob.as_str())
+            .map_err(io::Error::from)
+            .op("move replaced file aside")?;
+        self.content.insert(inode, Content::Staged(blob));
+        Ok(())
+    }
+}
+
+/// Directory fds kept at most (see apply's cache: the fd table stays small).
+const DIR_CACHE: usize = 128;
+
+/// The directory of the layer being read, as far as files were written in
+/// it. Only overlayer writes there, and only directories and regular files,
+/// so its paths are those of the tree; each is still opened one component
+/// at a time with `O_NOFOLLOW`.
+struct LayerDir {
+    root: OwnedFd,
+    /// Directories created (parents of placed files).
+    made: HashSet<RelPath>,
+    fds: HashMap<RelPath, OwnedFd>,
+}
+
+impl LayerDir {
+    /// The directory `dir` of the layer, created (0700; the emitter sets its
+    /// attributes) with its missing parents.
+    fn subdir(&mut self, dir: &[String]) -> io::Result<BorrowedFd<'_>> {
+        if dir.is_empty() {
+            return Ok(self.root.as_fd());
+        }
+        if !self.fds.contains_key(dir) {
+            let mut start = dir.len() - 1;
+            while start > 0 && !self.fds.contains_key(&dir[..start]) {
+                start -= 1;
+            }
+            let mut fd: Option<OwnedFd> = None;
+            for i in start..dir.len() {
+                let parent = match &fd {
+                    Some(fd) => fd.as_fd(),
+                    None if i == 0 => self.root.as_fd(),
+                    None => self.fds[&dir[..i]].as_fd(),
+                };
+                let name = dir[i].as_str();
+                if !self.made.contains(&dir[..=i]) {
+                    match rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    self.made.insert(dir[..=i].to_vec());
+                }
+                let next = sys::open_entry(parent, name, OFlags::PATH | OFlags::DIRECTORY)?;
+                fd = Some(next);
+            }
+            if self.fds.len() >= DIR_CACHE {
+                self.fds.clear();
+            }
+            self.fds
+                .insert(dir.to_vec(), fd.expect("one component at least"));
+        }
+        Ok(self.fds[dir].as_fd())
     }
 }
 
@@ -307,15 +426,44 @@ impl Target for MemTree {
             .map(|(k, _)| k.clone())
             .collect();
         for key in doomed {
-            self.nodes.remove(&key);
+            if let Some(Node {
+                kind:
+                    NodeKind::Leaf {
+                        kind: EntryKind::File,
+                        inode,
+                    },
+                ..
+            }) = self.nodes.remove(&key)
+            {
+                if matches!(self.content.get(&inode), Some(Content::Placed(at)) if *at == key) {
+                    self.move_aside(&key, inode)?;
+                }
+            }
             self.changed.insert(key);
+        }
+        // What is left of a directory files were placed in: directories.
+        if let Some((name, parent)) = path.split_last() {
+            if self.layer_dir().made.contains(path) {
+                let layer = self.layer_dir();
+                let dir = layer.subdir(parent).op("open directory in layer")?;
+                crate::apply::remove_at(dir, name).op("remove from layer")?;
+                layer.made.retain(|d| !d.starts_with(path));
+                layer.fds.clear();
+            }
         }
         Ok(())
     }
 
-    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
+    fn known_dir(&mut self, path: &[String]) -> bool {
+        matches!(self.nodes.get(path), Some(n) if matches!(n.kind, NodeKind::Dir))
+    }
+
+    fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<bool, Fault> {
+        if self.nodes.contains_key(path) {
+            return Ok(false);
+        }
         self.insert(path, NodeKind::Dir, meta.clone());
-        Ok(())
+        Ok(true)
     }
 
     fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault> {
@@ -336,28 +484,40 @@ impl Target for MemTree {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn Read,
-    ) -> Result<(), Fault> {
+        data: &mut dyn BufRead,
+    ) -> Result<bool, Fault> {
+        if self.nodes.contains_key(path) {
+            return Ok(false);
+        }
         let inode = self.id();
         if *kind == EntryKind::File {
-            let blob = inode.to_string();
+            // Written in place in the layer's directory, metadata set on the
+            // open fd: emitting the layer then leaves it where it is.
+            let (name, parent) = path.split_last().expect("below the root");
+            let dir = self
+                .layer_dir()
+                .subdir(parent)
+                .op("create directory in layer")?;
             let fd = rfs::openat(
-                &self.staging,
-                blob.as_str(),
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                dir,
+                name.as_str(),
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             )
             .map_err(io::Error::from)
-            .op("stage file content")?;
-            io::copy(data, &mut File::from(fd)).op("stage file content")?;
-            self.content.insert(inode, Content::Staged(blob));
+            .op("create file")?;
+            let mut file = File::from(fd);
+            crate::apply::write_body(data, &mut file).op("write file")?;
+            set_meta(file.as_fd(), meta, true).op("set file metadata")?;
+            self.content.insert(inode, Content::Placed(path.to_vec()));
+            self.placed.push(inode);
         }
         let kind = NodeKind::Leaf {
             kind: kind.clone(),
             inode,
         };
         self.insert(path, kind, meta.clone());
-        Ok(())
+        Ok(true)
     }
 
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {
@@ -430,9 +590,7 @@ impl Emitter<'_> {
         }
         self.dirty.insert(Vec::new());
         let root_meta = self.tree.nodes[&Vec::<String>::new()].meta.clone();
-        rfs::mkdirat(self.out, name, Mode::from_raw_mode(0o700))
-            .map_err(io::Error::from)
-            .op("mkdir layer")?;
+        // Made by MemTree::start_layer, and holding this layer's files.
         let fd =
             sys::open_entry(self.out, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open layer")?;
         // The kernel ignores opaque on a layer root: always merge, whiteouts.
@@ -508,9 +666,16 @@ impl Emitter<'_> {
                 let opaque = merge == Merge::Raw
                     && parent == Merge::Merged
                     && matches!(self.before.get(path), Some(l) if matches!(l.kind, NodeKind::Dir));
-                rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
-                    .map_err(io::Error::from)
-                    .op("mkdir")?;
+                let made = self
+                    .tree
+                    .layer
+                    .as_ref()
+                    .is_some_and(|l| l.made.contains(path));
+                if !made {
+                    rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
+                        .map_err(io::Error::from)
+                        .op("mkdir")?;
+                }
                 let fd =
                     sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open")?;
                 if opaque {
@@ -534,34 +699,42 @@ impl Emitter<'_> {
         inode: u64,
         meta: &Meta,
     ) -> Result<(), Fault> {
+        let content = match kind {
+            EntryKind::File => self.tree.content.get(&inode).cloned(),
+            _ => None,
+        };
+        if let Some(Content::Placed(at)) = &content {
+            if at == path {
+                // Written here while the layer was read, metadata included.
+                self.emitted_inodes
+                    .entry(inode)
+                    .or_insert_with(|| path.to_vec());
+                return Ok(());
+            }
+        }
         if let Some(first) = self.emitted_inodes.get(&inode) {
-            let layer_fd = self.layer_root()?;
-            let (fname, fparent) = first.split_last().expect("below the root");
-            let fdir = sys::open_dir_path(layer_fd.as_fd(), &fparent.join("/")).op("open")?;
-            return rfs::linkat(&fdir, fname.as_str(), dir, name, AtFlags::empty())
-                .map_err(io::Error::from)
-                .op("link");
+            return self.link_in_layer(&first.clone(), dir, name);
         }
         match kind {
-            EntryKind::File => {
-                let content = self.tree.content.get(&inode).cloned();
-                match content {
-                    Some(Content::Staged(blob)) => {
-                        rfs::renameat(&self.tree.staging, blob.as_str(), dir, name)
-                            .map_err(io::Error::from)
-                            .op("place file")?;
-                    }
-                    Some(Content::InLayer(layer, from)) => {
-                        self.copy_from_layer(layer, &from, dir, name)?;
-                    }
-                    None => unreachable!("every file inode has content"),
+            EntryKind::File => match content {
+                // Another name of a file placed in this layer.
+                Some(Content::Placed(at)) => self.link_in_layer(&at, dir, name)?,
+                Some(Content::Staged(blob)) => {
+                    rfs::renameat(&self.tree.staging, blob.as_str(), dir, name)
+                        .map_err(io::Error::from)
+                        .op("place file")?;
+                    self.tree
+                        .content
+                        .insert(inode, Content::InLayer(self.layer, path.to_vec()));
                 }
-                let fd = sys::open_entry(dir, name, OFlags::RDONLY).op("open file")?;
-                set_meta(fd.as_fd(), meta, true).op("set file metadata")?;
-                self.tree
-                    .content
-                    .insert(inode, Content::InLayer(self.layer, path.to_vec()));
-            }
+                Some(Content::InLayer(layer, from)) => {
+                    self.copy_from_layer(layer, &from, dir, name, meta)?;
+                    self.tree
+                        .content
+                        .insert(inode, Content::InLayer(self.layer, path.to_vec()));
+                }
+                None => unreachable!("every file inode has content"),
+            },
             other => {
                 match other {
                     EntryKind::Symlink(target) => rfs::symlinkat(target.as_str(), dir, name),
@@ -614,6 +787,17 @@ impl Emitter<'_> {
         Ok(())
     }
 
+    /// Links `path` of this layer's directory (already written) as `name`
+    /// in `dir`.
+    fn link_in_layer(&self, from: &[String], dir: BorrowedFd<'_>, name: &str) -> Result<(), Fault> {
+        let layer_fd = self.layer_root()?;
+        let (fname, fparent) = from.split_last().expect("below the root");
+        let fdir = sys::open_dir_path(layer_fd.as_fd(), &fparent.join("/")).op("open")?;
+        rfs::linkat(&fdir, fname.as_str(), dir, name, AtFlags::empty())
+            .map_err(io::Error::from)
+            .op("link")
+    }
+
     fn layer_root(&self) -> Result<OwnedFd, Fault> {
         sys::open_entry(
             self.out,
@@ -629,6 +813,7 @@ impl Emitter<'_> {
         from: &[String],
         dir: BorrowedFd<'_>,
         name: &str,
+        meta: &Meta,
     ) -> Result<(), Fault> {
         let layer_name = self.layer_dirs[layer]
             .file_name()
@@ -647,8 +832,9 @@ impl Emitter<'_> {
         )
         .map_err(io::Error::from)
         .op("create copy")?;
-        io::copy(&mut File::from(src), &mut File::from(dst)).op("copy hardlink target")?;
-        Ok(())
+        let mut dst = File::from(dst);
+        io::copy(&mut File::from(src), &mut dst).op("copy hardlink target")?;
+        set_meta(dst.as_fd(), meta, true).op("set file metadata")
     }
 }
 
