@@ -1,6 +1,6 @@
 # overlayer: run as root on Debian (bookworm or later).
 #   make test     - formatting, lints, unit + case + property tests (kernel side needs root)
-#   make vm-test  - the harness inside QEMU on Debian kernels 6.1 and 6.12, plus the host kernel
+#   make vm-test  - the harness inside QEMU on Debian kernels 5.10, 6.1, 6.12 and 7.2, plus the host kernel
 #   make bench    - speed against GNU tar (see README)
 
 SHELL := /bin/bash
