@@ -148,21 +148,31 @@ impl PrivateApt {
             .join("\n"))
     }
 
-    /// Package names starting with `prefix` in the private lists.
-    pub fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
-        let out = Command::new("apt-cache")
-            .args(self.options())
-            .args(["pkgnames", prefix])
+    /// Runs `tool` with the private options and `args` in `dir`; its
+    /// stdout, or an error naming the command a user can paste.
+    fn run(&self, tool: &str, args: &[&str], dir: Option<&Path>) -> Result<String> {
+        let mut cmd = Command::new(tool);
+        cmd.args(self.options()).args(args);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let out = cmd
             .output()
-            .context("running apt-cache pkgnames")?;
+            .with_context(|| format!("running {tool} {}", args.join(" ")))?;
         if !out.status.success() {
             bail!(
                 "{} failed: {}",
-                self.shown("apt-cache", &["pkgnames", prefix]),
+                self.shown(tool, args),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout)
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Package names starting with `prefix` in the private lists.
+    pub fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .run("apt-cache", &["pkgnames", prefix], None)?
             .lines()
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
@@ -172,37 +182,14 @@ impl PrivateApt {
     /// The packages a kernel image package is split into (its `Depends` on
     /// `linux-binary-*` and `linux-modules-*`); none before 7.x.
     pub fn split_parts(&self, pkg: &str) -> Result<Vec<String>> {
-        let out = Command::new("apt-cache")
-            .args(self.options())
-            .args(["show", "--no-all-versions", pkg])
-            .output()
-            .context("running apt-cache show")?;
-        if !out.status.success() {
-            bail!(
-                "{} failed: {}",
-                self.shown("apt-cache", &["show", "--no-all-versions", pkg]),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(split_parts_of(&String::from_utf8_lossy(&out.stdout)))
+        let show = self.run("apt-cache", &["show", "--no-all-versions", pkg], None)?;
+        Ok(split_parts_of(&show))
     }
 
     /// `apt-get download pkg` into `dir`.
     pub fn download(&self, pkg: &str, dir: &Path) -> Result<()> {
-        let out = Command::new("apt-get")
-            .args(self.options())
-            .args(["download", "-qq", pkg])
-            .current_dir(dir)
-            .output()
-            .context("running apt-get download")?;
-        if !out.status.success() {
-            bail!(
-                "{} failed: {}",
-                self.shown("apt-get", &["download", pkg]),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        self.run("apt-get", &["download", "-qq", pkg], Some(dir))
+            .map(drop)
     }
 }
 
