@@ -286,7 +286,7 @@ fn kernel_skip(scratch: &Scratch, case: &Case) -> Option<String> {
             ));
         }
         if feature == "userxattr" && !crate::kernel::probe_cached().userxattr {
-            return Some("kernel lacks userxattr on tmpfs".into());
+            return Some("the kernel's overlay has no userxattr mount option (Linux 5.11)".into());
         }
     }
     None

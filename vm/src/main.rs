@@ -40,15 +40,15 @@ pub fn progress_line(msg: &str) {
     eprintln!("[vm {t:6.1}s] {msg}");
 }
 
-/// Default generated stacks per kernel (`VM_PROP_CASES`): ~45 s per kernel
-/// under TCG here (~70 stacks/s), so two kernels take ~2 minutes, well
-/// inside the 6-minute budget even if the machine is twice as slow.
+/// Default generated stacks per kernel (`VM_PROP_CASES`): 46-56 stacks/s
+/// under TCG here with two boots at a time, about a minute per kernel; the
+/// four default kernels took 258 s in all (2026-12-02), inside the 8-minute
+/// budget with room for a machine half as fast.
 pub const DEFAULT_PROP_CASES: u64 = 3000;
 
-/// Default round-trip stacks per kernel (`VM_ROUNDTRIP_CASES`): roundtrip
-/// runs about as fast as prop under TCG (29 vs 31 stacks/s measured here on
-/// a loaded machine, ~70/s idle), so ~15 s per kernel idle, ~35 s loaded;
-/// with prop the two kernels stay well inside the 6-minute budget.
+/// Default round-trip stacks per kernel (`VM_ROUNDTRIP_CASES`), also the
+/// write and write-redirect steps' count: 52-89 stacks/s under TCG here,
+/// so the three take 35-55 s per kernel.
 pub const DEFAULT_ROUNDTRIP_CASES: u64 = 1000;
 
 /// Default `VM_PARALLEL`: two boots at a time, one per host core of the

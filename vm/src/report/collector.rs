@@ -1,5 +1,7 @@
 //! The collector: frames accumulated one by one, then turned into a row.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -36,6 +38,43 @@ fn parse<T: for<'de> Deserialize<'de>>(f: &Frame, bad: &mut Vec<String>) -> Opti
             None
         }
     }
+}
+
+/// The probed overlay features and the kernel release that brought each,
+/// from Documentation/filesystems/overlayfs.rst: `userxattr` (5.11), xattr
+/// whiteouts (6.7), `lowerdir+` through the new mount API (6.8).
+pub const FEATURE_SINCE: [(&str, &str); 3] = [
+    ("userxattr", "5.11"),
+    ("xwhiteouts", "6.7"),
+    ("lowerdir_plus", "6.8"),
+];
+
+/// What a probe found missing: every known feature whose value is `false`,
+/// with the release that brought it (e.g. `userxattr (5.11)`). Empty when
+/// overlay itself is missing: then nothing was probed.
+pub fn probe_lacks(probe: &Value) -> Vec<String> {
+    if probe["overlay"].as_bool() != Some(true) {
+        return Vec::new();
+    }
+    FEATURE_SINCE
+        .iter()
+        .filter(|(k, _)| probe[*k].as_bool() == Some(false))
+        .map(|(k, since)| format!("{} ({since})", k.replace("lowerdir_plus", "lowerdir+")))
+        .collect()
+}
+
+/// Why replayed cases were skipped, by reason (either side's), with counts.
+pub fn skip_reasons(replay: &Replay) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for c in &replay.cases {
+        for side in [&c.kernel, &c.apply] {
+            if side.verdict == "skip" {
+                *out.entry(side.detail.clone()).or_insert(0) += 1;
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Features of a probe result: the keys whose value is `true`, `overlay` aside.
@@ -83,7 +122,8 @@ impl Collector {
             "probe" => {
                 let v: Value = parse(f, &mut self.bad)?;
                 let feats = probe_features(&v);
-                let msg = format!(
+                let lacks = probe_lacks(&v);
+                let mut msg = format!(
                     "probe: overlay={} features: {}",
                     v["overlay"],
                     if feats.is_empty() {
@@ -92,6 +132,9 @@ impl Collector {
                         feats.join(",")
                     }
                 );
+                if !lacks.is_empty() {
+                    msg.push_str(&format!("; lacks: {}", lacks.join(", ")));
+                }
                 if self.kernel.is_none() {
                     self.kernel = v["kernel"].as_str().map(str::to_string);
                 }
@@ -260,7 +303,9 @@ impl Collector {
                 .overlay
                 .or_else(|| self.probe.as_ref().and_then(|p| p["overlay"].as_bool())),
             features: self.probe.as_ref().map(probe_features).unwrap_or_default(),
+            lacks: self.probe.as_ref().map(probe_lacks).unwrap_or_default(),
             probe: self.probe,
+            skip_reasons: self.replay.as_ref().map(skip_reasons).unwrap_or_default(),
             replay: self.replay.map(|mut r| {
                 r.cases.retain(ReplayCase::failed);
                 r

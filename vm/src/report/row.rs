@@ -1,6 +1,8 @@
 //! The row model: one kernel's (or the host's) outcome, as the report
 //! shows it.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -36,6 +38,11 @@ pub struct Row {
     pub accel: String,
     pub overlay: Option<bool>,
     pub features: Vec<String>,
+    /// Probed features this kernel does not have, with the release that
+    /// brought each (`userxattr (5.11)`).
+    pub lacks: Vec<String>,
+    /// Replayed cases skipped, counted by the reason given.
+    pub skip_reasons: BTreeMap<String, u64>,
     pub probe: Option<Value>,
     /// Counts, with only the failing cases kept.
     pub replay: Option<Replay>,
@@ -68,6 +75,8 @@ impl Row {
             accel: accel.to_string(),
             overlay: None,
             features: Vec::new(),
+            lacks: Vec::new(),
+            skip_reasons: BTreeMap::new(),
             probe: None,
             replay: None,
             prop: None,

@@ -96,10 +96,20 @@ pub fn format_table(rows: &[Row]) -> String {
 pub fn format_details(rows: &[Row]) -> String {
     let mut out = String::new();
     for r in rows {
-        if r.problems.is_empty() && r.notes.is_empty() {
+        if r.problems.is_empty()
+            && r.notes.is_empty()
+            && r.lacks.is_empty()
+            && r.skip_reasons.is_empty()
+        {
             continue;
         }
         out.push_str(&format!("{} [{}]:\n", r.kernel, r.name));
+        if !r.lacks.is_empty() {
+            out.push_str(&format!("  lacks: {}\n", r.lacks.join(", ")));
+        }
+        for (why, n) in &r.skip_reasons {
+            out.push_str(&format!("  skipped {n} case(s): {why}\n"));
+        }
         for n in &r.notes {
             out.push_str(&format!("  note: {n}\n"));
         }

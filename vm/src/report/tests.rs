@@ -254,3 +254,51 @@ fn table_is_aligned() {
     let d = format_details(&[Row::failed("6.12", "tcg", "boom".into())]);
     assert!(d.contains("FAIL: boom"));
 }
+
+/// 5.10 probes none of the three features: the row and the progress line
+/// name each with the release that brought it, and the replay's skips are
+/// counted by their reason.
+#[test]
+fn a_kernel_without_features_says_what_it_lacks_and_why_cases_skip() {
+    let mut lines = good_run();
+    let probe = r#"@@OVERLAYER@@ probe {"kernel":"5.10.0-46-amd64","overlay":true,"userxattr":false,"xwhiteouts":false,"lowerdir_plus":false}"#;
+    let replay = r#"@@OVERLAYER@@ replay {"total":4,"passed":1,"failed":0,"skipped":3,"cases":[{"name":"a","apply":"pass","kernel":"pass","ms":1.0},{"name":"u1","apply":"pass","kernel":{"verdict":"skip","detail":"no user xattrs"},"ms":1.0},{"name":"u2","apply":"pass","kernel":{"verdict":"skip","detail":"no user xattrs"},"ms":1.0},{"name":"x","apply":{"verdict":"skip","detail":"needs x"},"kernel":{"verdict":"skip","detail":"needs x"},"ms":1.0}]}"#;
+    let (p, r) = (
+        at(&lines, "@@OVERLAYER@@ probe"),
+        at(&lines, "@@OVERLAYER@@ replay"),
+    );
+    lines[p] = probe;
+    lines[r] = replay;
+    let mut c = Collector::default();
+    let mut said = Vec::new();
+    for l in &lines {
+        said.extend(c.push(&parse_frame(l).unwrap()));
+    }
+    assert!(
+        said.contains(
+            &"probe: overlay=true features: -; lacks: userxattr (5.11), xwhiteouts (6.7), lowerdir+ (6.8)"
+                .to_string()
+        ),
+        "{said:?}"
+    );
+    let row = c.into_row(ctx(), &STEPS, None);
+    assert!(row.features.is_empty());
+    assert_eq!(
+        row.lacks,
+        ["userxattr (5.11)", "xwhiteouts (6.7)", "lowerdir+ (6.8)"]
+    );
+    assert_eq!(
+        row.skip_reasons.into_iter().collect::<Vec<_>>(),
+        [
+            ("needs x".to_string(), 1),
+            ("no user xattrs".to_string(), 2)
+        ]
+    );
+}
+
+#[test]
+fn a_kernel_without_overlay_lacks_nothing_it_could_probe() {
+    let v: serde_json::Value =
+        serde_json::from_str(r#"{"overlay":false,"userxattr":false}"#).unwrap();
+    assert!(super::collector::probe_lacks(&v).is_empty());
+}
