@@ -53,6 +53,8 @@ pub fn apply_into<R: Read + Send>(
         Mode::empty(),
     )
     .map_err(|e| Error::path(root.display(), "open root", e.into()))?;
+    // Before the inflating threads start: see `sys::reserve_fd_table`.
+    sys::reserve_fd_table();
     let mut disk = Disk::new(root_fd);
     let mut stack = StackReader::new(*opts);
     for (index, reader) in layers.into_iter().enumerate() {

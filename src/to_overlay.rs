@@ -119,6 +119,8 @@ fn convert_layers<R: Read + Send>(
     staging: &Path,
     opts: ConvertOptions,
 ) -> Result<Converted> {
+    // Before the inflating threads start: see `sys::reserve_fd_table`.
+    sys::reserve_fd_table();
     let out_fd = rfs::open(
         out,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

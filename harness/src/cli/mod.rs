@@ -21,6 +21,9 @@ use args::{Cli, Command};
 /// Entry point: runs the command and maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // While this is the only thread, growing the descriptor table is free;
+    // once the Ctrl-C thread runs, each growth waits for an RCU grace period.
+    overlayer::sys::reserve_fd_table();
     // Ctrl-C stops the work at the next read and its temporary output is
     // removed; if no read comes (a silent pipe), the handler removes the
     // temporary outputs itself after a grace period and exits.
