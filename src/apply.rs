@@ -6,7 +6,7 @@
 //! call with `O_NOFOLLOW` / `AT_SYMLINK_NOFOLLOW`: symlinks planted by a layer
 //! are resolved by the rules (inside the root), never by the kernel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,6 +15,7 @@ use std::path::Path;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use crate::error::{Error, Fault, IoOp, Result};
+use crate::fast_hash::{HashMap, HashMapExt};
 use crate::layer::{EntryKind, Meta, StackReader};
 use crate::limits::{ReadOptions, Summary};
 use crate::output::Staged;

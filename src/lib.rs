@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod error;
+mod fast_hash;
 pub mod hidden;
 pub mod image;
 pub mod layer;

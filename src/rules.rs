@@ -31,10 +31,11 @@
 //!   non-directory parent is an error.
 //! * Overlay-private xattrs in a layer are escaped (see `spec`), never set live.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::BufRead;
 
 use crate::error::{Fault, Rule};
+use crate::fast_hash::{HashSet, HashSetExt};
 use crate::layer::{Entry, EntryKind, Meta, RelPath};
 use crate::spec;
 
@@ -270,10 +271,14 @@ impl<'t, T: Target> LayerRules<'t, T> {
         Ok(())
     }
 
+    /// Marks `path` and its ancestors; stops at the first one already
+    /// marked (its ancestors are too). Looked up before cloned: most
+    /// entries' parents are marked already.
     fn touch(&mut self, path: &[String]) {
-        let mut p = path.to_vec();
-        while self.touched.insert(p.clone()) && !p.is_empty() {
-            p.pop();
+        for n in (0..=path.len()).rev() {
+            if !mark(&mut self.touched, &path[..n]) {
+                break;
+            }
         }
     }
 
@@ -347,4 +352,14 @@ fn still_exists(op: &'static str) -> Fault {
 fn split(path: &[String]) -> (&[String], &str) {
     let (name, parent) = path.split_last().expect("entry paths below the root");
     (parent, name)
+}
+
+/// Inserts `path` into `set` unless it is there; true if it was not. The
+/// lookup borrows, so a present path costs no allocation.
+pub(crate) fn mark(set: &mut HashSet<RelPath>, path: &[String]) -> bool {
+    if set.contains(path) {
+        return false;
+    }
+    set.insert(path.to_vec());
+    true
 }

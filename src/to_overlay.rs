@@ -22,7 +22,7 @@
 //!   then has the same hardlink groups as the flat rootfs;
 //! * overlay-private xattrs from a layer are stored escaped (`spec`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read};
 use std::ops::Bound;
@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use crate::error::{Error, Fault, IoOp, Result};
+use crate::fast_hash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use crate::layer::{EntryKind, Meta, RelPath, StackReader};
 use crate::limits::{ReadOptions, Summary};
 use crate::output::Staged;
@@ -109,7 +110,10 @@ pub fn convert_into<R: Read + Send>(
     let staging = out.join(".overlayer-staging");
     std::fs::create_dir(&staging).map_err(|e| Error::path(staging.display(), "mkdir", e))?;
     let result = convert_layers(layers, out, &staging, opts);
-    let _ = std::fs::remove_dir_all(&staging);
+    // Empty unless a run failed: rmdir spares the directory walk.
+    if std::fs::remove_dir(&staging).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
     result
 }
 
@@ -152,24 +156,23 @@ fn convert_layers<R: Read + Send>(
         let name = index.to_string();
         let layer_dir = out.join(&name);
         let mut emitter = Emitter {
-            tree: &mut tree,
+            tree: &tree,
             before: &before,
             layer: index,
             layer_dirs: &dirs,
             out: out_fd.as_fd(),
             opts,
-            dirty: HashSet::new(),
             emitted_inodes: HashMap::new(),
+            moved: Vec::new(),
             wrote_xwhiteouts: false,
-            at: Vec::new(),
+            at: &[],
+            at_name: None,
         };
-        emitter.emit(&name).map_err(|f| {
-            let at = match emitter.at.join("/") {
-                p if p.is_empty() => ".".to_string(),
-                p => p,
-            };
-            f.at(index, &at)
-        })?;
+        emitter
+            .emit(&name)
+            .map_err(|f| f.at(index, &emitter.at_display()))?;
+        let moved = std::mem::take(&mut emitter.moved);
+        tree.content.extend(moved);
         tree.finish_layer(index);
         dirs.push(layer_dir);
     }
@@ -195,6 +198,9 @@ struct Node {
     meta: Meta,
     /// Identity: a directory deleted and re-created gets a new one.
     id: u64,
+    /// The last layer (index + 1) that created, changed or removed this
+    /// node or something below it: the emitter visits only those.
+    dirty: usize,
 }
 
 /// Where a regular file's bytes are.
@@ -223,8 +229,8 @@ struct MemTree {
     layer: Option<LayerDir>,
     /// Files placed in the current layer.
     placed: Vec<u64>,
-    /// Paths created, changed or removed in the current layer.
-    changed: HashSet<RelPath>,
+    /// The current layer's index + 1, for `Node::dirty`.
+    stamp: usize,
     /// Directories an opaque marker (or a whiteout of a touched directory)
     /// cleared in the current layer.
     opaqued: HashSet<RelPath>,
@@ -244,6 +250,7 @@ impl MemTree {
                 kind: NodeKind::Dir,
                 meta: rules::implied_dir_meta(),
                 id: 0,
+                dirty: 0,
             },
         );
         MemTree {
@@ -254,7 +261,7 @@ impl MemTree {
             out,
             layer: None,
             placed: Vec::new(),
-            changed: HashSet::new(),
+            stamp: 0,
             opaqued: HashSet::new(),
             names: HashMap::new(),
             copied_up: HashSet::new(),
@@ -264,7 +271,7 @@ impl MemTree {
     /// Creates the layer's directory `out/INDEX`, where its files are
     /// written as they are read.
     fn start_layer(&mut self, index: usize) -> Result<(), Fault> {
-        self.changed.clear();
+        self.stamp = index + 1;
         self.opaqued.clear();
         self.copied_up.clear();
         let name = index.to_string();
@@ -285,9 +292,10 @@ impl MemTree {
     /// find them (for copies up).
     fn finish_layer(&mut self, index: usize) {
         for inode in std::mem::take(&mut self.placed) {
-            if let Some(Content::Placed(at)) = self.content.get(&inode) {
-                let at = at.clone();
-                self.content.insert(inode, Content::InLayer(index, at));
+            if let Some(content) = self.content.get_mut(&inode) {
+                if let Content::Placed(at) = content {
+                    *content = Content::InLayer(index, std::mem::take(at));
+                }
             }
         }
         self.layer = None;
@@ -304,8 +312,32 @@ impl MemTree {
 
     fn insert(&mut self, path: &[String], kind: NodeKind, meta: Meta) {
         let id = self.id();
-        self.nodes.insert(path.to_vec(), Node { kind, meta, id });
-        self.changed.insert(path.to_vec());
+        let dirty = self.stamp;
+        self.nodes.insert(
+            path.to_vec(),
+            Node {
+                kind,
+                meta,
+                id,
+                dirty,
+            },
+        );
+        self.mark_dirty(path);
+    }
+
+    /// Stamps `path` (if it still exists) and its ancestors as changed in
+    /// this layer; stops at the first ancestor already stamped.
+    fn mark_dirty(&mut self, path: &[String]) {
+        if let Some(node) = self.nodes.get_mut(path) {
+            node.dirty = self.stamp;
+        }
+        for n in (0..path.len()).rev() {
+            match self.nodes.get_mut(&path[..n]) {
+                Some(node) if node.dirty == self.stamp => return,
+                Some(node) => node.dirty = self.stamp,
+                None => {}
+            }
+        }
     }
 }
 
@@ -441,8 +473,8 @@ impl Target for MemTree {
                     self.move_aside(&key, inode)?;
                 }
             }
-            self.changed.insert(key);
         }
+        self.mark_dirty(path);
         // What is left of a directory files were placed in: directories.
         if let Some((name, parent)) = path.split_last() {
             if self.layer_dir().made.contains(path) {
@@ -476,7 +508,7 @@ impl Target for MemTree {
     fn replace_dir_meta(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
         if let Some(node) = self.nodes.get_mut(path) {
             node.meta = meta.clone();
-            self.changed.insert(path.to_vec());
+            self.mark_dirty(path);
         }
         Ok(())
     }
@@ -543,7 +575,9 @@ impl Target for MemTree {
                         Some(NodeKind::Leaf { inode: i, .. }) if *i == inode)
                         || p == path
                 });
-                self.changed.extend(names.iter().cloned());
+                for name in names.clone() {
+                    self.mark_dirty(&name);
+                }
             }
         }
         self.insert(path, node.kind, node.meta);
@@ -564,39 +598,50 @@ enum Merge {
     Raw,
 }
 
-/// Writes one layer's difference as an overlay-native directory.
+/// Writes one layer's difference as an overlay-native directory. It only
+/// reads the tree, so children and paths are borrowed from it, not cloned.
 struct Emitter<'a> {
-    tree: &'a mut MemTree,
+    tree: &'a MemTree,
     before: &'a BTreeMap<RelPath, Node>,
     layer: usize,
     layer_dirs: &'a [PathBuf],
     out: BorrowedFd<'a>,
     opts: ConvertOptions,
-    /// Changed paths and all their ancestors.
-    dirty: HashSet<RelPath>,
-    /// Inodes already written in this layer, for links within it.
-    emitted_inodes: HashMap<u64, RelPath>,
+    /// Inodes written in this layer by this emitter, for links within it
+    /// (files placed while the layer was read are found by their content).
+    emitted_inodes: HashMap<u64, &'a [String]>,
+    /// Files moved into this layer: their new content, for later layers.
+    moved: Vec<(u64, Content)>,
     /// Whether this layer holds xattr whiteouts (its root is then marked).
     wrote_xwhiteouts: bool,
-    /// The path being written, for errors.
-    at: RelPath,
+    /// The path being written, for errors, and the whiteout name below it.
+    at: &'a [String],
+    at_name: Option<String>,
 }
 
-impl Emitter<'_> {
-    fn emit(&mut self, name: &str) -> Result<(), Fault> {
-        for path in &self.tree.changed {
-            let mut p = path.clone();
-            while self.dirty.insert(p.clone()) && !p.is_empty() {
-                p.pop();
+impl<'a> Emitter<'a> {
+    fn at_display(&self) -> String {
+        let mut at = self.at.join("/");
+        if let Some(name) = &self.at_name {
+            if !at.is_empty() {
+                at.push('/');
             }
+            at.push_str(name);
         }
-        self.dirty.insert(Vec::new());
-        let root_meta = self.tree.nodes[&Vec::<String>::new()].meta.clone();
+        if at.is_empty() {
+            at.push('.');
+        }
+        at
+    }
+
+    fn emit(&mut self, name: &str) -> Result<(), Fault> {
+        let tree = self.tree;
+        let root_meta = &tree.nodes[&Vec::<String>::new()].meta;
         // Made by MemTree::start_layer, and holding this layer's files.
         let fd =
             sys::open_entry(self.out, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open layer")?;
         // The kernel ignores opaque on a layer root: always merge, whiteouts.
-        self.emit_dir(fd.as_fd(), &[], &root_meta, Merge::Merged)?;
+        self.emit_dir(fd.as_fd(), &[], root_meta, Merge::Merged)?;
         if self.wrote_xwhiteouts {
             mark_xwhiteouts_dir(fd.as_fd()).op("mark layer root for xattr whiteouts")?;
         }
@@ -606,37 +651,39 @@ impl Emitter<'_> {
     fn emit_dir(
         &mut self,
         fd: BorrowedFd<'_>,
-        path: &[String],
+        path: &'a [String],
         meta: &Meta,
         merge: Merge,
     ) -> Result<(), Fault> {
         set_meta(fd, meta, false).op("set directory metadata")?;
-        let children: Vec<(RelPath, Node)> = children_of(&self.tree.nodes, path)
-            .filter(|(k, _)| merge == Merge::Raw || self.dirty.contains(*k))
-            .map(|(k, n)| (k.clone(), n.clone()))
-            .collect();
-        for (child, node) in children {
-            self.at.clone_from(&child);
-            self.emit_node(fd, &child, &node, merge)?;
+        let tree = self.tree;
+        for (child, node) in children_of(&tree.nodes, path) {
+            // Unchanged children of a merged directory come from below.
+            if merge == Merge::Raw || node.dirty == self.layer + 1 {
+                self.at = child;
+                self.emit_node(fd, child, node, merge)?;
+            }
         }
-        self.at = path.to_vec();
+        self.at = path;
         if merge == Merge::Merged {
-            let gone: Vec<String> = children_of(self.before, path)
-                .filter(|(k, _)| !self.tree.nodes.contains_key(*k))
-                .map(|(k, _)| k.last().expect("child").clone())
+            let gone: Vec<&String> = children_of(self.before, path)
+                .filter(|(k, _)| !tree.nodes.contains_key(*k))
+                .map(|(k, _)| k.last().expect("child"))
                 .collect();
             if self.opts.xwhiteouts && !gone.is_empty() {
                 for name in &gone {
-                    self.at = [path, std::slice::from_ref(name)].concat();
+                    self.at_name = Some(name.to_string());
                     make_xwhiteout(fd, name).op("create xattr whiteout")?;
                 }
+                self.at_name = None;
                 mark_xwhiteouts_dir(fd).op("mark directory for xattr whiteouts")?;
                 self.wrote_xwhiteouts = true;
             } else {
                 for name in gone {
-                    self.at = [path, std::slice::from_ref(&name)].concat();
-                    sys::make_whiteout(fd, &name).op("mknod whiteout (needs CAP_MKNOD)")?;
+                    self.at_name = Some(name.to_string());
+                    sys::make_whiteout(fd, name).op("mknod whiteout (needs CAP_MKNOD)")?;
                 }
+                self.at_name = None;
             }
         }
         rfs::futimens(fd, &sys::times(meta.mtime))
@@ -647,8 +694,8 @@ impl Emitter<'_> {
     fn emit_node(
         &mut self,
         dir: BorrowedFd<'_>,
-        path: &[String],
-        node: &Node,
+        path: &'a [String],
+        node: &'a Node,
         parent: Merge,
     ) -> Result<(), Fault> {
         let name = path.last().expect("below the root").as_str();
@@ -695,45 +742,41 @@ impl Emitter<'_> {
     fn emit_leaf(
         &mut self,
         dir: BorrowedFd<'_>,
-        path: &[String],
+        path: &'a [String],
         name: &str,
         kind: &EntryKind,
         inode: u64,
         meta: &Meta,
     ) -> Result<(), Fault> {
         let content = match kind {
-            EntryKind::File => self.tree.content.get(&inode).cloned(),
+            EntryKind::File => self.tree.content.get(&inode),
             _ => None,
         };
         if let Some(Content::Placed(at)) = &content {
             if at == path {
-                // Written here while the layer was read, metadata included.
-                self.emitted_inodes
-                    .entry(inode)
-                    .or_insert_with(|| path.to_vec());
+                // Written here while the layer was read, metadata included;
+                // its other names link to it through `Placed` below.
                 return Ok(());
             }
         }
         if let Some(first) = self.emitted_inodes.get(&inode) {
-            return self.link_in_layer(&first.clone(), dir, name);
+            return self.link_in_layer(first, dir, name);
         }
         match kind {
             EntryKind::File => match content {
                 // Another name of a file placed in this layer.
-                Some(Content::Placed(at)) => self.link_in_layer(&at, dir, name)?,
+                Some(Content::Placed(at)) => self.link_in_layer(at, dir, name)?,
                 Some(Content::Staged(blob)) => {
                     rfs::renameat(&self.tree.staging, blob.as_str(), dir, name)
                         .map_err(io::Error::from)
                         .op("place file")?;
-                    self.tree
-                        .content
-                        .insert(inode, Content::InLayer(self.layer, path.to_vec()));
+                    self.moved
+                        .push((inode, Content::InLayer(self.layer, path.to_vec())));
                 }
                 Some(Content::InLayer(layer, from)) => {
-                    self.copy_from_layer(layer, &from, dir, name, meta)?;
-                    self.tree
-                        .content
-                        .insert(inode, Content::InLayer(self.layer, path.to_vec()));
+                    self.copy_from_layer(*layer, from, dir, name, meta)?;
+                    self.moved
+                        .push((inode, Content::InLayer(self.layer, path.to_vec())));
                 }
                 None => unreachable!("every file inode has content"),
             },
@@ -785,7 +828,7 @@ impl Emitter<'_> {
                 sys::set_mtime_at(dir, name, meta.mtime).op("set mtime")?;
             }
         }
-        self.emitted_inodes.insert(inode, path.to_vec());
+        self.emitted_inodes.insert(inode, path);
         Ok(())
     }
 
