@@ -91,7 +91,8 @@ struct Disk {
     root: OwnedFd,
     /// Directories resolved so far (symlink-free paths, opened with
     /// `RESOLVE_NO_SYMLINKS`), so runs of entries cost one `*at` call each.
-    /// Forgotten on any removal, the only way a resolved path can change.
+    /// A removal forgets those at or below the removed path, the only way a
+    /// resolved path can change.
     dirs: HashMap<Vec<String>, OwnedFd>,
     /// Directory mtimes to set once the layer's children are written; the
     /// last entry for a directory wins, and removal forgets them.
@@ -208,18 +209,19 @@ fn kind_of(stat: &rfs::Stat) -> Kind {
     }
 }
 
-/// Removes the entry `name` of `dir`, recursively, using fds only.
+/// Removes the entry `name` of `dir`, recursively, using fds only. Most
+/// removed entries are not directories: unlink first, and only where Linux
+/// says EISDIR open and empty the directory (no stat per entry).
 pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    let stat = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    if kind_of(&stat) == Kind::Dir {
-        let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        for child in read_names(fd.as_fd())? {
-            remove_at(fd.as_fd(), &child)?;
-        }
-        rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
-    } else {
-        rfs::unlinkat(dir, name, AtFlags::empty())?;
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Err(rustix::io::Errno::ISDIR) => {}
+        other => return other.map_err(io::Error::from),
     }
+    let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    for child in read_names(fd.as_fd())? {
+        remove_at(fd.as_fd(), &child)?;
+    }
+    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
     Ok(())
 }
 
@@ -280,7 +282,9 @@ impl Target for Disk {
             let (dir, name) = self.split(path).op("open parent")?;
             remove_at(dir, name)
         };
-        self.dirs.clear();
+        // Only what was at or below `path` changed; other cached fds still
+        // name the directories at their paths.
+        self.dirs.retain(|dir, _| !dir.starts_with(path));
         self.dir_mtimes.retain(|dir, _| !dir.starts_with(path));
         result.op("remove")
     }

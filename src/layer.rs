@@ -42,12 +42,16 @@ impl Compression {
 /// Inflated chunks handed from the inflating thread to the reading one.
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight: the inflater runs at most this far ahead (1 MiB).
-const CHUNKS_AHEAD: usize = 4;
+const CHUNKS_AHEAD: usize = 16;
+/// Read chunks handed back for reuse: a fresh 256 KiB buffer is a fresh
+/// mapping, faulted in and zeroed page by page.
+const CHUNKS_SPARE: usize = 2;
 
 /// The reading end of an inflating thread; chunks are read in place
-/// (`BufRead`).
+/// (`BufRead`), and handed back when read.
 struct Inflated {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    spare: std::sync::mpsc::SyncSender<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
 }
@@ -57,7 +61,11 @@ impl BufRead for Inflated {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
+                    let read = std::mem::replace(&mut self.chunk, chunk);
+                    if read.capacity() == CHUNK {
+                        // Full pool or a finished inflater: the chunk is freed.
+                        let _ = self.spare.try_send(read);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -87,10 +95,16 @@ fn read_via_buf<B: BufRead + ?Sized>(from: &mut B, buf: &mut [u8]) -> io::Result
     Ok(n)
 }
 
-/// Inflates `dec` into `tx` until it ends, fails, or the reader hangs up.
-fn inflate_into(mut dec: Box<dyn Read + '_>, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
+/// Inflates `dec` into `tx` until it ends, fails, or the reader hangs up;
+/// reuses the chunks the reader hands back on `spare`.
+fn inflate_into(
+    mut dec: Box<dyn Read + '_>,
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+) {
     loop {
-        let mut chunk = vec![0u8; CHUNK];
+        let mut chunk = spare.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
         match dec.read(&mut chunk) {
             Ok(0) => return,
             Ok(n) => {
@@ -317,14 +331,16 @@ impl StackReader {
         } else {
             std::thread::scope(|scope| {
                 let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+                let (spare, spare_rx) = std::sync::mpsc::sync_channel(CHUNKS_SPARE);
                 scope.spawn(move || match decompress(buffered) {
-                    Ok(dec) => inflate_into(dec, tx),
+                    Ok(dec) => inflate_into(dec, tx, spare_rx),
                     Err(e) => {
                         let _ = tx.send(Err(e));
                     }
                 });
                 let inflated = Inflated {
                     rx,
+                    spare,
                     chunk: Vec::new(),
                     pos: 0,
                 };
