@@ -16,7 +16,7 @@ t0=$SECONDS
 [[ $(id -u) == 0 ]] || { echo "bench: run as root (debootstrap, chroot, mounts)" >&2; exit 2; }
 
 need=()
-for pkg in debootstrap umoci time gzip tar python3 util-linux strace; do
+for pkg in debootstrap umoci time gzip tar python3 util-linux strace linux-perf; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -265,10 +265,6 @@ if shutil.which("strace"):
 else:
     say("strace missing: no syscall counts")
 
-subprocess.run(["umount", T], check=True)
-os.rmdir(T)
-elapsed = time.time() - started
-LOAD1 = loadavg()
 
 # ---- report ---------------------------------------------------------------------------------
 def med(k, what="wall"):
@@ -300,6 +296,71 @@ rows.append(("harness stacks/s", f"{rate:.0f}/s", f"min {R['prop']['rate']['min'
              "met" if rate >= 200 else "MISSED"))
 rss = max(R[k]["rss_kib"]["max"] for k in ("apply", "apply_gz", "apply_img")) / 1024
 rows.append(("peak RSS of apply (max)", f"{rss:.1f} MB", "", "< 64 MB", "met" if rss < 64 else "MISSED"))
+
+
+# Every missed target gets the profile of its overlayer command, taken here in the same run:
+# where the CPU time goes (perf, software cpu-clock: works without a PMU), so a miss says why.
+ROW_CMD = {"apply base.tar / tar -xf": "apply", "convert base.tar / tar -xf": "convert",
+           "apply base.tar.gz / tar -xzf": "apply_gz", "convert base.tar.gz / tar -xzf": "convert_gz",
+           "umoci unpack / apply (6 layers)": "apply_img"}
+ARGV = {"apply": [BIN, "apply", inp("base.tar"), "--out", o],
+        "convert": [BIN, "convert", inp("base.tar"), "--out", o],
+        "apply_gz": [BIN, "apply", inp("base.tar.gz"), "--out", o],
+        "convert_gz": [BIN, "convert", inp("base.tar.gz"), "--out", o],
+        "apply_img": [BIN, "apply"] + LAYERS + ["--out", o]}
+
+
+def perf_profile(argv, top=14):
+    """(kernel share of samples, top self symbols) of one run, or None without perf."""
+    if not shutil.which("perf"):
+        return None
+    clean_out()
+    data = os.path.join(T, "perf.data")
+    r = subprocess.run(["perf", "record", "-q", "-F", "4000", "-e", "cpu-clock", "-o", data, "--"] + argv,
+                       cwd=T, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    clean_out()
+    if r.returncode != 0:
+        return None
+    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym", "--stdio"],
+                         capture_output=True, text=True).stdout
+    os.remove(data)
+    lines = [ln.strip() for ln in rep.splitlines() if ln.strip() and not ln.startswith("#")]
+    kernel = sum(float(ln.split("%")[0]) for ln in lines if "[k]" in ln and ln[0].isdigit())
+    by_dso = {}
+    for ln in lines:
+        f = ln.split()
+        if len(f) >= 3 and f[0].endswith("%"):
+            by_dso[f[1]] = by_dso.get(f[1], 0.0) + float(f[0].rstrip("%"))
+    return kernel, by_dso, lines[:top]
+
+
+PROFILES = {}
+for what, _, _, _, verdict in rows:
+    if verdict == "MISSED" and what in ROW_CMD:
+        say(f"profiling the miss: {what}")
+        PROFILES[what] = perf_profile(ARGV[ROW_CMD[what]])
+
+subprocess.run(["umount", T], check=True)
+os.rmdir(T)
+elapsed = time.time() - started
+LOAD1 = loadavg()
+
+
+def profile_text():
+    if not PROFILES:
+        return "every target met: no profile taken"
+    out = []
+    for what, prof in PROFILES.items():
+        cmd = " ".join(ARGV[ROW_CMD[what]]).replace(T + "/", "")
+        if prof is None:
+            out.append(f"{what}: MISSED; perf unavailable, no profile (bench/profile.sh)")
+            continue
+        kernel, by_dso, top = prof
+        dsos = ", ".join(f"{k} {v:.0f}%" for k, v in sorted(by_dso.items(), key=lambda kv: -kv[1])[:4])
+        out.append(f"{what}: MISSED; profile of `{cmd}` (perf cpu-clock samples, both threads):\n"
+                   f"  kernel {kernel:.0f}% of samples; by object: {dsos}\n  top symbols (self):\n"
+                   + "\n".join("    " + ln for ln in top))
+    return "\n\n".join(out)
 
 
 def table(headers, body):
@@ -344,6 +405,7 @@ if SYS:
                      f"apply makes {tot['apply'] / e - tot['tar'] / e:+.2f} per entry more than tar")
                   + "; bench/profile.sh shows where the CPU time goes (bench/cache/profile/)")
 detail_t = table(["command", "wall s median (min-max)", "cpu s (user+sys)", "peak RSS MB"], detail)
+prof_t = profile_text()
 
 
 def cpu_model():
@@ -397,6 +459,12 @@ report = f"""# overlayer bench results
 {sys_t}
 ```
 
+## Profiles of missed targets
+
+```
+{prof_t}
+```
+
 ## Measurements
 
 ```
@@ -417,6 +485,8 @@ print()
 print(detail_t)
 print()
 print(sys_t)
+print()
+print(prof_t)
 print()
 print("VM: " + vm_t)
 print(f"other processes' CPU use during the groups (cores): {others_t}")
