@@ -371,3 +371,99 @@ fn user_xattrs_on_symlinks_and_fifos_are_dropped_or_refused_by_name() {
         assert!(!tmp.path().join(format!("{cmd}-strict")).exists());
     }
 }
+
+/// Bytes that differ at every offset of a body, so a misplaced copy shows.
+fn pattern(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+        .collect()
+}
+
+/// A plain tar of regular files `(name, size)` with patterned bodies.
+fn plain_tar(files: &[(&str, usize)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (i, (name, size)) in files.iter().enumerate() {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(*size as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, name, &pattern(*size, i as u8)[..])
+            .unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// `prefix` then `layer` in a file, positioned at the layer.
+fn layer_file(dir: &std::path::Path, prefix: &[u8], layer: &[u8]) -> std::fs::File {
+    use std::io::{Seek, SeekFrom};
+    let path = dir.join("layer.tar");
+    let mut bytes = prefix.to_vec();
+    bytes.extend_from_slice(layer);
+    std::fs::write(&path, bytes).unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    file.seek(SeekFrom::Start(prefix.len() as u64)).unwrap();
+    file
+}
+
+/// A plain layer in a regular file is read with `pread` and its large
+/// bodies go file to file (`copy_file_range`): the rootfs must be the one
+/// the same bytes give from memory, for bodies on both sides of the read
+/// buffer (64 KiB) and of the splice threshold, and from the file's
+/// position, not its start.
+#[test]
+fn a_plain_layer_file_applies_as_its_bytes_do() {
+    let files = [
+        ("empty", 0),
+        ("one", 1),
+        ("block", 511),
+        ("under-buffer", 65_535),
+        ("buffer", 65_536),
+        ("over-buffer", 65_537),
+        ("small-after", 10),
+        ("big", 1_000_003),
+        ("bigger", (3 << 20) + 7),
+        ("d/tail", 200_000),
+    ];
+    let layer = plain_tar(&files);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = layer_file(tmp.path(), &[0xa5; 1000], &layer);
+    let from_file = tmp.path().join("file");
+    let from_memory = tmp.path().join("memory");
+    overlayer::apply_to_new_dir(vec![file], &from_file).unwrap();
+    overlayer::apply_to_new_dir(vec![&layer[..]], &from_memory).unwrap();
+    let left = overlayer::tree::capture(&from_file).unwrap();
+    let right = overlayer::tree::capture(&from_memory).unwrap();
+    assert_eq!(overlayer::tree::diff(&right, &left), vec![]);
+    for (i, (name, size)) in files.iter().enumerate() {
+        let got = std::fs::read(from_file.join(name)).unwrap();
+        assert!(got == pattern(*size, i as u8), "{name}: wrong bytes");
+    }
+}
+
+#[test]
+fn a_plain_layer_file_cut_inside_a_large_body_is_a_corrupt_archive() {
+    let layer = plain_tar(&[("small", 100), ("big", 1 << 20)]);
+    // Cut 300 KiB into `big`'s body: past the read buffer, so the end is
+    // found by copy_file_range.
+    let cut = 512 + 512 + 512 + (300 << 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = layer_file(tmp.path(), &[], &layer[..cut]);
+    let out = tmp.path().join("rootfs");
+    let err = overlayer::apply_to_new_dir(vec![file], &out).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::CorruptArchive), "{err}");
+    assert_eq!(err.location(), Some((0, "big")), "{err}");
+    assert!(!out.exists(), "partial output left");
+}
+
+#[test]
+fn a_plain_layer_file_stops_at_the_byte_limit() {
+    let layer = plain_tar(&[("big", 8 << 20)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = layer_file(tmp.path(), &[], &layer);
+    let out = tmp.path().join("rootfs");
+    let opts = bomb_limits(MIB);
+    let err = overlayer::apply_to_new_dir_with(vec![file], &out, &opts).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::LimitBytes), "{err}");
+    assert_eq!(err.location(), Some((0, "big")), "{err}");
+    assert!(!out.exists(), "partial output left");
+}
