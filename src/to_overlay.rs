@@ -322,7 +322,7 @@ impl MemTree {
                 dirty,
             },
         );
-        self.mark_dirty(path);
+        self.mark_ancestors(path);
     }
 
     /// Stamps `path` (if it still exists) and its ancestors as changed in
@@ -331,6 +331,10 @@ impl MemTree {
         if let Some(node) = self.nodes.get_mut(path) {
             node.dirty = self.stamp;
         }
+        self.mark_ancestors(path);
+    }
+
+    fn mark_ancestors(&mut self, path: &[String]) {
         for n in (0..path.len()).rev() {
             match self.nodes.get_mut(&path[..n]) {
                 Some(node) if node.dirty == self.stamp => return,
