@@ -225,6 +225,33 @@ fn check_catches_a_naive_unpacker_and_one_that_writes_outside() {
     assert!(out.contains("wrote outside"), "{out}");
 }
 
+/// layer.md: a root entry (`./`) sets the root's attributes, so `check`
+/// compares the rootfs directory where a layer has one, and leaves it to
+/// the unpacker where none has.
+#[test]
+fn check_compares_the_root_only_where_a_layer_sets_it() {
+    if !overlayer_harness::kernel::available_or_skip("unpacking the root entry's owner needs root")
+    {
+        return;
+    }
+    let ignores_root = "harness/adapters/overlayer.sh {image} {rootfs} && chmod 0700 {rootfs}";
+    let (code, out) = check(&[
+        "--cases",
+        "cases/root-entry-updates-root-metadata.json",
+        "--unpacker",
+        ignores_root,
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(".: mode: 0751 ≠ 0700"), "{out}");
+    let (code, out) = check(&[
+        "--cases",
+        "cases/file-whiteout.json",
+        "--unpacker",
+        ignores_root,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
 /// A refusal is an answer; a crash or a timeout is not, even where the case
 /// requires a refusal, and each is reported as what it was.
 #[test]
