@@ -54,7 +54,7 @@ impl Compression {
 
 /// Inflated chunks handed from the inflating thread to the reading one.
 const CHUNK: usize = 256 * 1024;
-/// Chunks in flight: the inflater runs at most this far ahead (1 MiB).
+/// Chunks in flight: the inflater runs at most this far ahead (4 MiB).
 const CHUNKS_AHEAD: usize = 16;
 /// Read chunks handed back for reuse: a fresh 256 KiB buffer is a fresh
 /// mapping, faulted in and zeroed page by page.
