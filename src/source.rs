@@ -43,9 +43,10 @@ impl LayerInput for io::Stdin {}
 /// A buffered reader that can also hand the bytes after its buffer to a
 /// file in the kernel.
 pub(crate) trait SpliceRead: BufRead {
-    /// Copies up to `len` of the stream's next bytes to `to`, if nothing is
-    /// buffered and the kernel can: `Ok(None)` means read them through
-    /// `fill_buf` instead, `Ok(Some(0))` is the end of the stream.
+    /// Copies up to `len` (at least one) of the stream's next bytes to `to`,
+    /// if nothing is buffered and the kernel can: `Ok(Some(n))` copied
+    /// `n > 0` bytes; `Ok(None)` means read them through `fill_buf` instead
+    /// (which also finds the end of the stream).
     fn splice_to(&mut self, to: BorrowedFd<'_>, len: u64) -> io::Result<Option<u64>>;
 }
 
@@ -127,8 +128,10 @@ impl SpliceRead for FileReader<'_> {
         }
         let len = len.min(SPLICE_MAX) as usize;
         match sys::copy_range(self.file.as_fd(), &mut self.offset, to, len)? {
-            Some(n) => Ok(Some(n as u64)),
-            None => {
+            Some(n) if n > 0 => Ok(Some(n as u64)),
+            // Nothing copied: the end of the file, or a file whose size the
+            // kernel does not know (procfs-like). `pread` tells which.
+            _ => {
                 self.no_splice = true;
                 Ok(None)
             }
@@ -181,13 +184,14 @@ mod tests {
     }
 
     #[test]
-    fn a_splice_at_the_end_of_the_file_copies_nothing() {
+    fn at_the_end_of_the_file_the_buffer_reports_it() {
         let src = file_with(&[7; 10]);
         let mut r = FileReader::new(&src).unwrap();
         let n = r.fill_buf().unwrap().len();
         r.consume(n);
         let out = tempfile::tempfile().unwrap();
-        assert_eq!(r.splice_to(out.as_fd(), SPLICE_MIN).unwrap(), Some(0));
+        assert_eq!(r.splice_to(out.as_fd(), SPLICE_MIN).unwrap(), None);
+        assert!(r.fill_buf().unwrap().is_empty());
     }
 
     #[test]

@@ -447,19 +447,9 @@ impl<R: SpliceRead> EntryBody for Body<'_, R> {
             if remaining == 0 {
                 return Ok(());
             }
-            match self.stream.inner.splice_to(to.as_fd(), remaining)? {
-                Some(0) => {
-                    self.stream.truncated = true;
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "archive truncated in a member's data",
-                    ));
-                }
-                Some(n) => {
-                    self.stream.remaining = remaining.saturating_sub(n);
-                    continue;
-                }
-                None => {}
+            if let Some(n) = self.stream.inner.splice_to(to.as_fd(), remaining)? {
+                self.stream.remaining = remaining.saturating_sub(n);
+                continue;
             }
             let buf = match self.fill_buf() {
                 Ok(buf) => buf,
