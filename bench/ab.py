@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Interleaved A/B timing of overlayer builds (and tar) on one layer, for changes too small for
+`make bench` to tell apart from the machine's noise.
+
+    unshare -m --propagation private bench/ab.py [--layer base.tar] [--runs 10] SPEC...
+
+SPEC is `tar`, or `apply:BIN` / `convert:BIN` (BIN an overlayer binary, e.g. a copy of
+target/release/overlayer from before a change). The layer (from bench/cache/, made by `make bench`)
+is copied to a private tmpfs; every round runs each SPEC once, in order, on a clean output, after the
+same 0.3 s pause as run.py. Prints the median and min wall time and the median user and sys time
+of each SPEC over the rounds after the first (a warm-up).
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+P = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+P.add_argument("--layer", default="base.tar", help="a file in bench/cache/ (default base.tar)")
+P.add_argument("--runs", type=int, default=10, help="timed rounds after one warm-up (default 10)")
+P.add_argument("specs", nargs="+", metavar="SPEC")
+A = P.parse_args()
+
+for spec in A.specs:
+    if spec != "tar" and (":" not in spec or spec.split(":", 1)[0] not in ("apply", "convert")):
+        sys.exit(f"ab.py: {spec!r}: expected tar, apply:BIN or convert:BIN")
+src = os.path.join(HERE, "cache", A.layer)
+if not os.path.isfile(src):
+    sys.exit(f"ab.py: {src} is missing: run `make bench` once to make the data")
+with open("/proc/self/mountinfo") as f:
+    for line in f:
+        parts = line.split()
+        if parts[4] == "/":
+            if any(p.startswith("shared:") for p in parts[6:parts.index("-")]):
+                sys.exit("ab.py: run me inside `unshare -m --propagation private` (the tmpfs must not leak)")
+            break
+
+T = tempfile.mkdtemp(prefix="overlayer-ab-")
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g,mode=0755", "overlayer-ab", T], check=True)
+try:
+    layer = os.path.join(T, A.layer)
+    subprocess.run(["cp", src, layer], check=True)
+    out = os.path.join(T, "out")
+    samples = {spec: [] for spec in A.specs}
+    for rnd in range(A.runs + 1):
+        for spec in A.specs:
+            subprocess.run(["rm", "-rf", out], check=True)
+            if spec == "tar":
+                os.makedirs(out)
+                z = "-xzf" if A.layer.endswith("gz") else "-xf"
+                cmd = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", z, layer, "-C", out]
+            else:
+                what, binary = spec.split(":", 1)
+                cmd = [binary, what, layer, "--out", out]
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=T)
+            _, status, usage = os.wait4(child.pid, 0)
+            wall = time.perf_counter() - t0
+            if os.waitstatus_to_exitcode(status) != 0:
+                sys.exit(f"ab.py: {' '.join(cmd)} failed")
+            if rnd > 0:
+                samples[spec].append((wall, usage.ru_utime, usage.ru_stime))
+    width = max(len(s) for s in A.specs)
+    for spec, xs in samples.items():
+        walls = [x[0] for x in xs]
+        print(f"{spec:{width}}  wall {statistics.median(walls):.3f} s (min {min(walls):.3f})  "
+              f"user {statistics.median(x[1] for x in xs):.3f}  sys {statistics.median(x[2] for x in xs):.3f}")
+finally:
+    subprocess.run(["rm", "-rf", os.path.join(T, "out")])
+    subprocess.run(["umount", T])
+    os.rmdir(T)
