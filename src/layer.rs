@@ -353,10 +353,7 @@ impl StackReader {
         let trip = Rc::new(Cell::new(None));
         let mut last = String::from("<archive start>");
         let result = match reader.regular_file() {
-            Some(file) => match FileReader::new(file) {
-                Ok(file) => self.read_buffered(layer, file, &trip, &mut last, &mut visit),
-                Err(e) => Err(unreadable(layer, e)),
-            },
+            Some(file) => self.read_file(layer, file, &trip, &mut last, &mut visit),
             None => {
                 let buffered = BufReader::with_capacity(CHUNK, reader);
                 self.read_buffered(layer, buffered, &trip, &mut last, &mut visit)
@@ -375,6 +372,33 @@ impl StackReader {
                 detail: Some(format!("limit {} bytes", self.opts.limits.max_bytes)),
             }),
             (Err(e), None) => Err(e),
+        }
+    }
+
+    /// A layer in a regular file: a plain one is read with `pread`, so
+    /// its bodies can be spliced; a compressed one is inflated from the
+    /// file's position (which `pread` leaves where it was).
+    fn read_file<F>(
+        &mut self,
+        layer: usize,
+        file: &File,
+        trip: &Rc<Cell<Option<Trip>>>,
+        last: &mut String,
+        visit: &mut F,
+    ) -> Result<()>
+    where
+        F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
+    {
+        let mut plain = FileReader::new(file).map_err(|e| unreadable(layer, e))?;
+        let compression = plain
+            .fill_buf()
+            .map(Compression::detect)
+            .map_err(|e| unreadable(layer, e))?;
+        if compression == Compression::None {
+            self.read_entries(layer, plain, trip, last, visit)
+        } else {
+            let buffered = BufReader::with_capacity(CHUNK, file);
+            self.read_buffered(layer, buffered, trip, last, visit)
         }
     }
 

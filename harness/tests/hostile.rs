@@ -440,6 +440,20 @@ fn a_plain_layer_file_applies_as_its_bytes_do() {
     }
 }
 
+/// A compressed layer in a file is inflated from the file's position too.
+#[test]
+fn a_gzip_layer_file_applies_from_its_position() {
+    let layer = plain_tar(&[("a", 10), ("big", 300_000)]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer).unwrap();
+    let gz = gz.finish().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = layer_file(tmp.path(), &[0x5a; 777], &gz);
+    let out = tmp.path().join("rootfs");
+    overlayer::apply_to_new_dir(vec![file], &out).unwrap();
+    assert!(std::fs::read(out.join("big")).unwrap() == pattern(300_000, 1));
+}
+
 #[test]
 fn a_plain_layer_file_cut_inside_a_large_body_is_a_corrupt_archive() {
     let layer = plain_tar(&[("small", 100), ("big", 1 << 20)]);
