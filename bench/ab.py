@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from private_mounts import require_private_mounts
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 P = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 P.add_argument("--layer", default="base.tar", help="a file in bench/cache/ (default base.tar)")
@@ -31,13 +33,7 @@ for spec in A.specs:
 src = os.path.join(HERE, "cache", A.layer)
 if not os.path.isfile(src):
     sys.exit(f"ab.py: {src} is missing: run `make bench` once to make the data")
-with open("/proc/self/mountinfo") as f:
-    for line in f:
-        parts = line.split()
-        if parts[4] == "/":
-            if any(p.startswith("shared:") for p in parts[6:parts.index("-")]):
-                sys.exit("ab.py: run me inside `unshare -m --propagation private` (the tmpfs must not leak)")
-            break
+require_private_mounts("ab.py")
 
 T = tempfile.mkdtemp(prefix="overlayer-ab-")
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g,mode=0755", "overlayer-ab", T], check=True)

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from private_mounts import require_private_mounts
+
 P = argparse.ArgumentParser()
 P.add_argument("--bin", required=True)
 P.add_argument("--cache", required=True)
@@ -41,17 +43,7 @@ def say(*a):
     print("[bench]", *a, file=sys.stderr, flush=True)
 
 
-def check_private_mounts():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            if parts[4] == "/":
-                if any(p.startswith("shared:") for p in parts[6:parts.index("-")]):
-                    sys.exit("run.py: run me inside `unshare -m` (the tmpfs must not leak)")
-                return
-
-
-check_private_mounts()
+require_private_mounts("run.py")
 T = tempfile.mkdtemp(prefix="overlayer-bench.")
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g,mode=0755", "overlayer-bench", T], check=True)
 IN = os.path.join(T, "in")
