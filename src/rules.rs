@@ -31,6 +31,7 @@
 //!   non-directory parent is an error.
 //! * Overlay-private xattrs in a layer are escaped (see `spec`), never set live.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use crate::error::{Fault, Rule};
@@ -246,14 +247,18 @@ impl<'t, T: Target> LayerRules<'t, T> {
     }
 
     /// Resolves the parent of an entry (creating it) and returns the entry's
-    /// resolved path; the last component is not followed.
-    fn place(&mut self, path: &[String]) -> Result<RelPath, Fault> {
+    /// resolved path; the last component is not followed. Most parents are
+    /// directories already: then the path is its own resolution, borrowed.
+    fn place<'p>(&mut self, path: &'p [String]) -> Result<Cow<'p, [String]>, Fault> {
         let (parent, name) = split(path);
+        if self.target.kind(parent)? == Some(Kind::Dir) {
+            return Ok(Cow::Borrowed(path));
+        }
         let mut resolved = self
             .resolve(parent, Resolve::Create)?
             .expect("Create mode always resolves");
         resolved.push(name.to_string());
-        Ok(resolved)
+        Ok(Cow::Owned(resolved))
     }
 
     fn remove_untouched_below(&mut self, dir: &[String]) -> Result<(), Fault> {
