@@ -150,9 +150,10 @@ impl<'t, T: Target> LayerRules<'t, T> {
 
     fn whiteout(&mut self, path: &[String]) -> Result<(), Fault> {
         let (parent, name) = split(path);
-        let Some(mut victim) = self.resolve(parent, Resolve::Marker)? else {
+        let Some(victim) = self.resolve(parent, Resolve::Marker)? else {
             return Ok(());
         };
+        let mut victim = victim.into_owned();
         victim.push(name.to_string());
         let kind = self.target.kind(&victim)?;
         if self.touched.contains(&victim) {
@@ -221,9 +222,10 @@ impl<'t, T: Target> LayerRules<'t, T> {
             return Err(Rule::HardlinkToDirectory.into());
         }
         let (tparent, tname) = split(target);
-        let Some(mut resolved) = self.resolve(tparent, Resolve::Lookup)? else {
+        let Some(resolved) = self.resolve(tparent, Resolve::Lookup)? else {
             return Err(missing("its directory does not exist"));
         };
+        let mut resolved = resolved.into_owned();
         resolved.push(tname.to_string());
         match self.target.kind(&resolved)? {
             None => return Err(missing("no such file")),
@@ -251,14 +253,14 @@ impl<'t, T: Target> LayerRules<'t, T> {
     /// directories already: then the path is its own resolution, borrowed.
     fn place<'p>(&mut self, path: &'p [String]) -> Result<Cow<'p, [String]>, Fault> {
         let (parent, name) = split(path);
-        if self.target.kind(parent)? == Some(Kind::Dir) {
-            return Ok(Cow::Borrowed(path));
+        match self.resolve(parent, Resolve::Create)? {
+            Some(Cow::Borrowed(_)) => Ok(Cow::Borrowed(path)),
+            Some(Cow::Owned(mut resolved)) => {
+                resolved.push(name.to_string());
+                Ok(Cow::Owned(resolved))
+            }
+            None => unreachable!("Create mode always resolves"),
         }
-        let mut resolved = self
-            .resolve(parent, Resolve::Create)?
-            .expect("Create mode always resolves");
-        resolved.push(name.to_string());
-        Ok(Cow::Owned(resolved))
     }
 
     fn remove_untouched_below(&mut self, dir: &[String]) -> Result<(), Fault> {
@@ -287,9 +289,14 @@ impl<'t, T: Target> LayerRules<'t, T> {
     }
 
     /// Resolves a directory path, following symlinks inside the root.
-    fn resolve(&mut self, path: &[String], mode: Resolve) -> Result<Option<RelPath>, Fault> {
+    /// A path that is a directory already is its own resolution, borrowed.
+    fn resolve<'p>(
+        &mut self,
+        path: &'p [String],
+        mode: Resolve,
+    ) -> Result<Option<Cow<'p, [String]>>, Fault> {
         if self.target.kind(path)? == Some(Kind::Dir) {
-            return Ok(Some(path.to_vec()));
+            return Ok(Some(Cow::Borrowed(path)));
         }
         let mut queue: VecDeque<String> = path.iter().cloned().collect();
         let mut stack: RelPath = Vec::with_capacity(path.len());
@@ -343,7 +350,7 @@ impl<'t, T: Target> LayerRules<'t, T> {
                 },
             }
         }
-        Ok(Some(stack))
+        Ok(Some(Cow::Owned(stack)))
     }
 }
 
