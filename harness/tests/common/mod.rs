@@ -49,5 +49,3 @@ impl Read for Gzipped {
         Ok(n)
     }
 }
-
-impl overlayer::layer::LayerInput for Gzipped {}
