@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -16,7 +16,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use crate::error::{Error, Fault, IoOp, Result};
 use crate::fast_hash::{HashMap, HashMapExt};
-use crate::layer::{EntryKind, Meta, StackReader};
+use crate::layer::{EntryBody, EntryKind, LayerInput, Meta, StackReader};
 use crate::limits::{ReadOptions, Summary};
 use crate::output::Staged;
 use crate::rules::{self, Kind, LayerRules, Target};
@@ -24,14 +24,14 @@ use crate::sys;
 
 /// Applies `layers` (bottom first) to a new directory `out`, which must not
 /// exist, with default limits. See [`apply_to_new_dir_with`].
-pub fn apply_to_new_dir<R: Read + Send>(layers: Vec<R>, out: &Path) -> Result<()> {
+pub fn apply_to_new_dir<R: LayerInput>(layers: Vec<R>, out: &Path) -> Result<()> {
     apply_to_new_dir_with(layers, out, &ReadOptions::default()).map(|_| ())
 }
 
 /// Applies `layers` (bottom first) to a new directory `out`, which must not
 /// exist. The rootfs is built in a temporary sibling and renamed into place,
 /// so on failure (or cancellation) nothing is left behind.
-pub fn apply_to_new_dir_with<R: Read + Send>(
+pub fn apply_to_new_dir_with<R: LayerInput>(
     layers: Vec<R>,
     out: &Path,
     opts: &ReadOptions,
@@ -43,7 +43,7 @@ pub fn apply_to_new_dir_with<R: Read + Send>(
 }
 
 /// Applies `layers` (bottom first) onto the existing directory `root`.
-pub fn apply_into<R: Read + Send>(
+pub fn apply_into<R: LayerInput>(
     layers: Vec<R>,
     root: &Path,
     opts: &ReadOptions,
@@ -64,7 +64,7 @@ pub fn apply_into<R: Read + Send>(
     Ok(stack.summary())
 }
 
-fn apply_layer<R: Read + Send>(
+fn apply_layer<R: LayerInput>(
     disk: &mut Disk,
     stack: &mut StackReader,
     index: usize,
@@ -181,23 +181,6 @@ fn set_meta_fd(
             rfs::futimens(fd, &sys::times(meta.mtime))?;
         }
         Ok(())
-    }
-}
-
-/// Writes a body to `to` straight from the reader's buffer: no copy in
-/// user space, one `write` per buffer fill (256 KiB) at most.
-pub(crate) fn write_body(from: &mut dyn BufRead, to: &mut File) -> io::Result<()> {
-    use std::io::Write;
-    loop {
-        let buf = match from.fill_buf() {
-            Ok([]) => return Ok(()),
-            Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let n = buf.len();
-        to.write_all(buf)?;
-        from.consume(n);
     }
 }
 
@@ -339,7 +322,7 @@ impl Target for Disk {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn BufRead,
+        data: &mut dyn EntryBody,
     ) -> Result<bool, Fault> {
         let ids = (self.euid, self.egid);
         self.make_node_with(path, kind, meta, data, ids)
@@ -356,7 +339,7 @@ impl Disk {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn BufRead,
+        data: &mut dyn EntryBody,
         (euid, egid): (u32, u32),
     ) -> Result<bool, Fault> {
         let (dir, name) = self.split(path).op("open parent")?;
@@ -372,7 +355,7 @@ impl Disk {
                 Err(e) => return Err(io::Error::from(e)).op("create file"),
             };
             let mut file = File::from(fd);
-            write_body(data, &mut file).op("write file")?;
+            data.write_to(&mut file).op("write file")?;
             set_meta_fd(file.as_fd(), meta, true, (euid, egid)).op("set file metadata")?;
             return Ok(true);
         }

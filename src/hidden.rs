@@ -4,10 +4,9 @@
 //! stays readable in the lower layer's blob).
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use crate::error::Result;
-use crate::layer::{EntryKind, RelPath, StackReader};
+use crate::layer::{EntryKind, LayerInput, RelPath, StackReader};
 use crate::limits::ReadOptions;
 
 /// One hidden path.
@@ -36,7 +35,7 @@ struct LayerIndex {
 
 /// Lists what the layers (bottom first) hide. Paths are compared as the
 /// archive names them (symlinked parents are not followed).
-pub fn hidden<R: Read + Send>(layers: Vec<R>, opts: &ReadOptions) -> Result<Vec<Hidden>> {
+pub fn hidden<R: LayerInput>(layers: Vec<R>, opts: &ReadOptions) -> Result<Vec<Hidden>> {
     let mut stack = StackReader::new(*opts);
     let mut index: Vec<LayerIndex> = Vec::new();
     for (i, reader) in layers.into_iter().enumerate() {

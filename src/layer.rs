@@ -7,13 +7,26 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::BorrowedFd;
 use std::rc::Rc;
 
 use crate::error::{Error, Fault, Result, Rule};
 use crate::limits::{self, Notice, ReadOptions, Summary};
+use crate::source::{FileReader, SpliceRead};
 use crate::spec::{self, WhiteoutName};
 use crate::tar_stream::{Member, StreamError, TarStream};
+
+pub use crate::source::LayerInput;
+
+/// An entry's body, read in place (`BufRead`); [`EntryBody::write_to`]
+/// writes what is left of it to a file.
+pub trait EntryBody: BufRead {
+    /// Writes the rest of the body to `to`: file to file in the kernel
+    /// where the layer is a plain regular file, else from the read buffer.
+    fn write_to(&mut self, to: &mut File) -> io::Result<()>;
+}
 
 /// The compression of a layer, detected from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +96,12 @@ impl BufRead for Inflated {
 impl Read for Inflated {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         read_via_buf(self, buf)
+    }
+}
+
+impl SpliceRead for Inflated {
+    fn splice_to(&mut self, _: BorrowedFd<'_>, _: u64) -> io::Result<Option<u64>> {
+        Ok(None)
     }
 }
 
@@ -240,8 +259,10 @@ struct Counted<R> {
     trip: Rc<Cell<Option<Trip>>>,
 }
 
-impl<R: BufRead> BufRead for Counted<R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+impl<R> Counted<R> {
+    /// What may still be handed out: one byte past the budget at most, so
+    /// the next look trips.
+    fn room(&self) -> io::Result<u64> {
         if limits::cancelled() {
             self.trip.set(Some(Trip::Cancel));
             return Err(io::Error::other("cancelled"));
@@ -251,9 +272,13 @@ impl<R: BufRead> BufRead for Counted<R> {
             self.trip.set(Some(Trip::Bytes));
             return Err(io::Error::other("inflated size limit exceeded"));
         }
-        let room = usize::try_from(self.max - used)
-            .unwrap_or(usize::MAX)
-            .saturating_add(1);
+        Ok((self.max - used).saturating_add(1))
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let room = usize::try_from(self.room()?).unwrap_or(usize::MAX);
         let buf = self.inner.fill_buf()?;
         Ok(&buf[..buf.len().min(room)])
     }
@@ -267,6 +292,17 @@ impl<R: BufRead> BufRead for Counted<R> {
 impl<R: BufRead> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         read_via_buf(self, buf)
+    }
+}
+
+impl<R: SpliceRead> SpliceRead for Counted<R> {
+    fn splice_to(&mut self, to: BorrowedFd<'_>, len: u64) -> io::Result<Option<u64>> {
+        let room = self.room()?;
+        let copied = self.inner.splice_to(to, len.min(room))?;
+        if let Some(n) = copied {
+            self.used.set(self.used.get() + n);
+        }
+        Ok(copied)
     }
 }
 
@@ -306,48 +342,22 @@ impl StackReader {
     /// names and they never reach a rootfs. PAX global headers are ignored.
     ///
     /// A compressed layer is inflated on a thread of its own while entries
-    /// are written, at most [`CHUNKS_AHEAD`] chunks ahead of the reader.
+    /// are written, at most [`CHUNKS_AHEAD`] chunks ahead of the reader. A
+    /// plain layer in a regular file is read with `pread` from the file's
+    /// position, and large bodies go file to file ([`EntryBody::write_to`]).
     pub fn read_layer<R, F>(&mut self, layer: usize, reader: R, mut visit: F) -> Result<()>
     where
-        R: Read + Send,
-        F: FnMut(&Entry, &mut dyn BufRead) -> Result<()>,
+        R: LayerInput,
+        F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
     {
         let trip = Rc::new(Cell::new(None));
         let mut last = String::from("<archive start>");
-        let mut buffered = BufReader::with_capacity(CHUNK, reader);
-        let compression = match buffered.fill_buf() {
-            Ok(head) => Compression::detect(head),
-            Err(e) => {
-                return Err(Error::Invalid {
-                    layer,
-                    entry: "<archive>".into(),
-                    rule: Rule::CorruptArchive,
-                    detail: Some(e.to_string()),
-                })
+        let result = match reader.regular_file() {
+            Some(file) => self.read_file(layer, file, &trip, &mut last, &mut visit),
+            None => {
+                let buffered = BufReader::with_capacity(CHUNK, reader);
+                self.read_buffered(layer, buffered, &trip, &mut last, &mut visit)
             }
-        };
-        let result = if compression == Compression::None {
-            self.read_entries(layer, buffered, &trip, &mut last, &mut visit)
-        } else {
-            std::thread::scope(|scope| {
-                let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
-                let (spare, spare_rx) = std::sync::mpsc::sync_channel(CHUNKS_SPARE);
-                scope.spawn(move || match decompress(buffered) {
-                    Ok(dec) => inflate_into(dec, tx, spare_rx),
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                });
-                let inflated = Inflated {
-                    rx,
-                    spare,
-                    chunk: Vec::new(),
-                    pos: 0,
-                };
-                // `inflated` is dropped when read_entries returns, which
-                // stops the inflater before the scope joins it.
-                self.read_entries(layer, inflated, &trip, &mut last, &mut visit)
-            })
         };
         match (result, trip.get()) {
             (Ok(()), _) => Ok(()),
@@ -365,6 +375,75 @@ impl StackReader {
         }
     }
 
+    /// A layer in a regular file: a plain one is read with `pread`, so
+    /// its bodies can be spliced; a compressed one is inflated from the
+    /// file's position (which `pread` leaves where it was).
+    fn read_file<F>(
+        &mut self,
+        layer: usize,
+        file: &File,
+        trip: &Rc<Cell<Option<Trip>>>,
+        last: &mut String,
+        visit: &mut F,
+    ) -> Result<()>
+    where
+        F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
+    {
+        let mut plain = FileReader::new(file).map_err(|e| unreadable(layer, e))?;
+        let compression = plain
+            .fill_buf()
+            .map(Compression::detect)
+            .map_err(|e| unreadable(layer, e))?;
+        if compression == Compression::None {
+            self.read_entries(layer, plain, trip, last, visit)
+        } else {
+            let buffered = BufReader::with_capacity(CHUNK, file);
+            self.read_buffered(layer, buffered, trip, last, visit)
+        }
+    }
+
+    /// Detects the compression and reads the entries; a compressed layer
+    /// is inflated on a thread of its own.
+    fn read_buffered<B, F>(
+        &mut self,
+        layer: usize,
+        mut buffered: B,
+        trip: &Rc<Cell<Option<Trip>>>,
+        last: &mut String,
+        visit: &mut F,
+    ) -> Result<()>
+    where
+        B: SpliceRead + Send,
+        F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
+    {
+        let compression = match buffered.fill_buf() {
+            Ok(head) => Compression::detect(head),
+            Err(e) => return Err(unreadable(layer, e)),
+        };
+        if compression == Compression::None {
+            return self.read_entries(layer, buffered, trip, last, visit);
+        }
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+            let (spare, spare_rx) = std::sync::mpsc::sync_channel(CHUNKS_SPARE);
+            scope.spawn(move || match decompress(buffered) {
+                Ok(dec) => inflate_into(dec, tx, spare_rx),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            });
+            let inflated = Inflated {
+                rx,
+                spare,
+                chunk: Vec::new(),
+                pos: 0,
+            };
+            // `inflated` is dropped when read_entries returns, which
+            // stops the inflater before the scope joins it.
+            self.read_entries(layer, inflated, trip, last, visit)
+        })
+    }
+
     fn read_entries<R, F>(
         &mut self,
         layer: usize,
@@ -374,8 +453,8 @@ impl StackReader {
         visit: &mut F,
     ) -> Result<()>
     where
-        R: BufRead,
-        F: FnMut(&Entry, &mut dyn BufRead) -> Result<()>,
+        R: SpliceRead,
+        F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
     {
         let corrupt = |entry: &str, detail: String| Error::Invalid {
             layer,
@@ -515,6 +594,16 @@ impl StackReader {
     }
 }
 
+/// A layer that cannot be read from its first byte.
+fn unreadable(layer: usize, e: io::Error) -> Error {
+    Error::Invalid {
+        layer,
+        entry: "<archive>".into(),
+        rule: Rule::CorruptArchive,
+        detail: Some(e.to_string()),
+    }
+}
+
 /// Names a stream error at `last`, the entry read before it.
 fn stream_error(layer: usize, last: &str, e: StreamError) -> Error {
     let what = e.to_string();
@@ -543,8 +632,8 @@ fn stream_error(layer: usize, last: &str, e: StreamError) -> Error {
 /// Reads one layer with default options (see [`StackReader::read_layer`]).
 pub fn read_layer<R, F>(layer: usize, reader: R, visit: F) -> Result<()>
 where
-    R: Read + Send,
-    F: FnMut(&Entry, &mut dyn BufRead) -> Result<()>,
+    R: LayerInput,
+    F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
 {
     StackReader::new(ReadOptions::default()).read_layer(layer, reader, visit)
 }

@@ -23,6 +23,7 @@ pub mod lower;
 pub mod mount;
 pub mod output;
 mod rules;
+mod source;
 pub mod spec;
 pub mod sys;
 mod tar_stream;

@@ -33,11 +33,10 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::io::BufRead;
 
 use crate::error::{Fault, Rule};
 use crate::fast_hash::{HashSet, HashSetExt};
-use crate::layer::{Entry, EntryKind, Meta, RelPath};
+use crate::layer::{Entry, EntryBody, EntryKind, Meta, RelPath};
 use crate::spec;
 
 /// The type of an existing node, as far as the rules care.
@@ -81,7 +80,7 @@ pub(crate) trait Target {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn BufRead,
+        data: &mut dyn EntryBody,
     ) -> Result<bool, Fault>;
     /// Makes `path` (which does not exist) another name of `target`.
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault>;
@@ -139,7 +138,7 @@ impl<'t, T: Target> LayerRules<'t, T> {
         }
     }
 
-    pub(crate) fn entry(&mut self, entry: &Entry, data: &mut dyn BufRead) -> Result<(), Fault> {
+    pub(crate) fn entry(&mut self, entry: &Entry, data: &mut dyn EntryBody) -> Result<(), Fault> {
         match &entry.kind {
             EntryKind::Whiteout => self.whiteout(&entry.path),
             EntryKind::Opaque => self.opaque(&entry.path),
@@ -204,7 +203,7 @@ impl<'t, T: Target> LayerRules<'t, T> {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn BufRead,
+        data: &mut dyn EntryBody,
     ) -> Result<(), Fault> {
         let path = self.place(path)?;
         if !self.target.make_node(&path, kind, meta, data)? {

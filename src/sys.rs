@@ -259,6 +259,39 @@ fn reserve_fd_slots(slots: i32) {
     let _ = rustix::io::fcntl_dupfd_cloexec(&fd, slots - 1);
 }
 
+/// `pread(2)` at `offset`, retried on EINTR.
+pub fn pread(from: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    loop {
+        match rustix::io::pread(from, &mut *buf, offset) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// `copy_file_range(2)` of up to `len` bytes from `from` at `*offset` (which
+/// it advances) to `to` at its file position: the bytes go file to file in
+/// the kernel, without a copy through user space. `Ok(None)` where this
+/// pair of files cannot do it: EXDEV (different filesystems before 5.3 and
+/// again since 5.19), EINVAL, EOPNOTSUPP or ENOSYS; the caller copies
+/// through a buffer instead. `Ok(Some(0))` is the end of `from`.
+pub fn copy_range(
+    from: BorrowedFd<'_>,
+    offset: &mut u64,
+    to: BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<Option<usize>> {
+    use rustix::io::Errno;
+    loop {
+        match rfs::copy_file_range(from, Some(&mut *offset), to, None, len) {
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::INTR) => continue,
+            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     fn fd_slots() -> i32 {

@@ -10,7 +10,12 @@
 //! disagree on where a member ends see different archives.
 
 use std::borrow::Cow;
-use std::io::{self, BufRead, Read};
+use std::fs::File;
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::AsFd;
+
+use crate::layer::EntryBody;
+use crate::source::SpliceRead;
 
 /// The tar block size: headers, and bodies padded to it.
 const BLOCK: u64 = 512;
@@ -432,6 +437,29 @@ impl<R: BufRead> BufRead for Body<'_, R> {
         let n = n.min(usize::try_from(self.stream.remaining).unwrap_or(usize::MAX));
         self.stream.inner.consume(n);
         self.stream.remaining -= n as u64;
+    }
+}
+
+impl<R: SpliceRead> EntryBody for Body<'_, R> {
+    fn write_to(&mut self, to: &mut File) -> io::Result<()> {
+        loop {
+            let remaining = self.stream.remaining;
+            if remaining == 0 {
+                return Ok(());
+            }
+            if let Some(n) = self.stream.inner.splice_to(to.as_fd(), remaining)? {
+                self.stream.remaining = remaining.saturating_sub(n);
+                continue;
+            }
+            let buf = match self.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let n = buf.len();
+            to.write_all(buf)?;
+            self.consume(n);
+        }
     }
 }
 

@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, Read};
+use std::io;
 use std::ops::Bound;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use crate::error::{Error, Fault, IoOp, Result};
 use crate::fast_hash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use crate::layer::{EntryKind, Meta, RelPath, StackReader};
+use crate::layer::{EntryBody, EntryKind, LayerInput, Meta, RelPath, StackReader};
 use crate::limits::{ReadOptions, Summary};
 use crate::output::Staged;
 use crate::rules::{self, Kind, LayerRules, Target};
@@ -84,7 +84,7 @@ impl Converted {
 
 /// Converts `layers` (bottom first) into a new directory `out` (which must
 /// not exist), built in a temporary sibling and renamed on success.
-pub fn convert_to_new_dir<R: Read + Send>(
+pub fn convert_to_new_dir<R: LayerInput>(
     layers: Vec<R>,
     out: &Path,
     opts: ConvertOptions,
@@ -102,7 +102,7 @@ pub fn convert_to_new_dir<R: Read + Send>(
 
 /// Converts `layers` (bottom first) into `out/0` … `out/N-1`; `out` exists
 /// and holds none of those names.
-pub fn convert_into<R: Read + Send>(
+pub fn convert_into<R: LayerInput>(
     layers: Vec<R>,
     out: &Path,
     opts: ConvertOptions,
@@ -117,7 +117,7 @@ pub fn convert_into<R: Read + Send>(
     result
 }
 
-fn convert_layers<R: Read + Send>(
+fn convert_layers<R: LayerInput>(
     layers: Vec<R>,
     out: &Path,
     staging: &Path,
@@ -522,7 +522,7 @@ impl Target for MemTree {
         path: &[String],
         kind: &EntryKind,
         meta: &Meta,
-        data: &mut dyn BufRead,
+        data: &mut dyn EntryBody,
     ) -> Result<bool, Fault> {
         if self.nodes.contains_key(path) {
             return Ok(false);
@@ -545,7 +545,7 @@ impl Target for MemTree {
             .map_err(io::Error::from)
             .op("create file")?;
             let mut file = File::from(fd);
-            crate::apply::write_body(data, &mut file).op("write file")?;
+            data.write_to(&mut file).op("write file")?;
             set_meta(file.as_fd(), meta, true).op("set file metadata")?;
             self.content.insert(inode, Content::Placed(path.to_vec()));
             self.placed.push(inode);

@@ -127,7 +127,7 @@ impl Scratch {
     pub fn kernel_view(&mut self, tars: &[Vec<u8>], opts: ConvertOptions) -> Result<Outcome> {
         anyhow::ensure!(self.mounted, "the kernel oracle is not available here");
         let work = self.fresh()?;
-        let converted = match convert_in(&work, tars, opts) {
+        let converted = match convert_in(&work, tars, opts)? {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
@@ -205,7 +205,7 @@ impl Scratch {
     /// export or of applying an export is a finding, not an outcome.
     pub fn roundtrip_view(&mut self, tars: &[Vec<u8>], opts: ConvertOptions) -> Result<Outcome> {
         let work = self.fresh()?;
-        let converted = match convert_in(&work, tars, opts) {
+        let converted = match convert_in(&work, tars, opts)? {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
@@ -271,7 +271,7 @@ impl Scratch {
             }
         };
         let work = self.fresh()?;
-        let converted = match convert_in(&work, tars, opts) {
+        let converted = match convert_in(&work, tars, opts)? {
             Ok(c) => c,
             Err(e) => return Ok(WriteOutcome::LowerRefused(e)),
         };
@@ -333,13 +333,23 @@ impl Scratch {
 
 /// Converts `tars` into `work/l`; on a refusal the work directory is
 /// removed and the library's error returned.
+///
+/// The layers are read from files (`work/N.tar`), as the command reads
+/// them, while [`Oracle::apply_view`] reads them from memory: every case
+/// and generated stack compares the two input paths too (`pread` and
+/// `copy_file_range` against a buffered reader).
 fn convert_in(
     work: &Path,
     tars: &[Vec<u8>],
     opts: ConvertOptions,
-) -> overlayer::Result<overlayer::Converted> {
-    let readers: Vec<&[u8]> = tars.iter().map(Vec::as_slice).collect();
-    overlayer::convert_to_new_dir(readers, &work.join("l"), opts).inspect_err(|_| remove(work))
+) -> Result<overlayer::Result<overlayer::Converted>> {
+    let mut files = Vec::with_capacity(tars.len());
+    for (i, tar) in tars.iter().enumerate() {
+        let path = work.join(format!("{i}.tar"));
+        let file = std::fs::write(&path, tar).and_then(|()| std::fs::File::open(&path));
+        files.push(file.with_context(|| format!("write layer {}", path.display()))?);
+    }
+    Ok(overlayer::convert_to_new_dir(files, &work.join("l"), opts).inspect_err(|_| remove(work)))
 }
 
 fn remove(dir: &Path) {

@@ -2,7 +2,7 @@
 //! each is measured at its header against `--max-extension-bytes` and refused
 //! before its body is read, and counted against `--max-bytes`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::process::Command;
 
@@ -26,7 +26,7 @@ fn ustar(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
     h
 }
 
-fn apply_error(layer: impl Read + Send, opts: &ReadOptions) -> overlayer::Error {
+fn apply_error(layer: impl overlayer::layer::LayerInput, opts: &ReadOptions) -> overlayer::Error {
     let tmp = tempfile::tempdir().unwrap();
     let err = overlayer::apply_to_new_dir_with(vec![layer], &tmp.path().join("rootfs"), opts)
         .expect_err("the layer must be refused");

@@ -405,9 +405,11 @@ fn layer_file(dir: &std::path::Path, prefix: &[u8], layer: &[u8]) -> std::fs::Fi
     file
 }
 
-/// A plain layer in a regular file gives the rootfs the same bytes give
-/// from memory, for bodies on both sides of a read buffer's size, and is
-/// read from the file's position, not its start.
+/// A plain layer in a regular file is read with `pread` and its large
+/// bodies go file to file (`copy_file_range`): the rootfs must be the one
+/// the same bytes give from memory, for bodies on both sides of the read
+/// buffer (64 KiB) and of the splice threshold, and from the file's
+/// position, not its start.
 #[test]
 fn a_plain_layer_file_applies_as_its_bytes_do() {
     let files = [
@@ -455,7 +457,8 @@ fn a_gzip_layer_file_applies_from_its_position() {
 #[test]
 fn a_plain_layer_file_cut_inside_a_large_body_is_a_corrupt_archive() {
     let layer = plain_tar(&[("small", 100), ("big", 1 << 20)]);
-    // Cut 300 KiB into `big`'s body, past the first read buffer.
+    // Cut 300 KiB into `big`'s body: past the read buffer, so the end is
+    // found by copy_file_range.
     let cut = 512 + 512 + 512 + (300 << 10);
     let tmp = tempfile::tempdir().unwrap();
     let file = layer_file(tmp.path(), &[], &layer[..cut]);

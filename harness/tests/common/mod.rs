@@ -49,3 +49,5 @@ impl Read for Gzipped {
         Ok(n)
     }
 }
+
+impl overlayer::layer::LayerInput for Gzipped {}
