@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use crate::error::{Error, Fault, Result, Rule};
 use crate::limits::{self, Notice, ReadOptions, Summary};
-use crate::source::{FileReader, SpliceRead};
+use crate::source::{self, read_via_buf, FileReader, SpliceRead};
 use crate::spec::{self, WhiteoutName};
 use crate::tar_stream::{Member, StreamError, TarStream};
 
@@ -103,15 +103,6 @@ impl SpliceRead for Inflated {
     fn splice_to(&mut self, _: BorrowedFd<'_>, _: u64) -> io::Result<Option<u64>> {
         Ok(None)
     }
-}
-
-/// `Read::read` for a `BufRead`: copies what is buffered.
-fn read_via_buf<B: BufRead + ?Sized>(from: &mut B, buf: &mut [u8]) -> io::Result<usize> {
-    let got = from.fill_buf()?;
-    let n = got.len().min(buf.len());
-    buf[..n].copy_from_slice(&got[..n]);
-    from.consume(n);
-    Ok(n)
 }
 
 /// Inflates `dec` into `tx` until it ends, fails, or the reader hangs up;
@@ -389,12 +380,11 @@ impl StackReader {
     where
         F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
     {
-        let mut plain = FileReader::new(file).map_err(|e| unreadable(layer, e))?;
-        let compression = plain
-            .fill_buf()
-            .map(Compression::detect)
-            .map_err(|e| unreadable(layer, e))?;
-        if compression == Compression::None {
+        // The longest magic is zstd's.
+        let mut head = [0; ZSTD_MAGIC.len()];
+        let n = source::peek(file, &mut head).map_err(|e| unreadable(layer, e))?;
+        if Compression::detect(&head[..n]) == Compression::None {
+            let plain = FileReader::new(file).map_err(|e| unreadable(layer, e))?;
             self.read_entries(layer, plain, trip, last, visit)
         } else {
             let buffered = BufReader::with_capacity(CHUNK, file);

@@ -97,12 +97,31 @@ impl<'f> FileReader<'f> {
 
 impl Read for FileReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let got = self.fill_buf()?;
-        let n = got.len().min(buf.len());
-        buf[..n].copy_from_slice(&got[..n]);
-        self.consume(n);
-        Ok(n)
+        read_via_buf(self, buf)
     }
+}
+
+/// `Read::read` for a `BufRead`: copies what is buffered.
+pub(crate) fn read_via_buf<B: BufRead + ?Sized>(from: &mut B, buf: &mut [u8]) -> io::Result<usize> {
+    let got = from.fill_buf()?;
+    let n = got.len().min(buf.len());
+    buf[..n].copy_from_slice(&got[..n]);
+    from.consume(n);
+    Ok(n)
+}
+
+/// Reads the first bytes at `file`'s position into `buf`, leaving the
+/// position where it is; fewer only at the end of the file.
+pub(crate) fn peek(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let offset = file.stream_position()?;
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::pread(file.as_fd(), &mut buf[got..], offset + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 impl BufRead for FileReader<'_> {
@@ -192,6 +211,16 @@ mod tests {
         let out = tempfile::tempfile().unwrap();
         assert_eq!(r.splice_to(out.as_fd(), SPLICE_MIN).unwrap(), None);
         assert!(r.fill_buf().unwrap().is_empty());
+    }
+
+    #[test]
+    fn peeking_reads_at_the_position_and_leaves_it() {
+        let mut src = file_with(b"0123456789");
+        src.seek(io::SeekFrom::Start(7)).unwrap();
+        let mut head = [0; 4];
+        assert_eq!(peek(&src, &mut head).unwrap(), 3);
+        assert_eq!(&head[..3], b"789");
+        assert_eq!(src.stream_position().unwrap(), 7);
     }
 
     #[test]
