@@ -25,13 +25,12 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::ops::Bound;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
-use crate::error::{Error, Fault, IoOp, Result};
+use crate::error::{Error, Fault, IoOp, Result, Rule};
 use crate::fast_hash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use crate::layer::{EntryBody, EntryKind, LayerInput, Meta, RelPath, StackReader};
 use crate::limits::{ReadOptions, Summary};
@@ -144,7 +143,6 @@ fn convert_layers<R: LayerInput>(
     let mut dirs = Vec::new();
     let mut stack = StackReader::new(opts.read);
     for (index, reader) in layers.into_iter().enumerate() {
-        let before = tree.nodes.clone();
         tree.start_layer(index).map_err(|f| f.at(index, "."))?;
         let mut rules = LayerRules::new(&mut tree);
         stack.read_layer(index, reader, |entry, data| {
@@ -157,7 +155,6 @@ fn convert_layers<R: LayerInput>(
         let layer_dir = out.join(&name);
         let mut emitter = Emitter {
             tree: &tree,
-            before: &before,
             layer: index,
             layer_dirs: &dirs,
             out: out_fd.as_fd(),
@@ -165,7 +162,7 @@ fn convert_layers<R: LayerInput>(
             emitted_inodes: HashMap::new(),
             moved: Vec::new(),
             wrote_xwhiteouts: false,
-            at: &[],
+            at: Vec::new(),
             at_name: None,
         };
         emitter
@@ -182,44 +179,66 @@ fn convert_layers<R: LayerInput>(
     })
 }
 
-#[derive(Debug, Clone)]
+/// A node's place in `MemTree::slots`.
+type Ix = u32;
+/// The root directory's place; it is never removed.
+const ROOT: Ix = 0;
+
+#[derive(Debug)]
 enum NodeKind {
-    Dir,
+    /// A directory and its children by name.
+    Dir(BTreeMap<Box<str>, Ix>),
     /// A non-directory; `inode` is shared by hardlinks.
-    Leaf {
-        kind: EntryKind,
-        inode: u64,
-    },
+    Leaf { kind: EntryKind, inode: u64 },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Node {
     kind: NodeKind,
     meta: Meta,
     /// Identity: a directory deleted and re-created gets a new one.
     id: u64,
+    /// The layer (index + 1) that created this node, 0 for the root. Nodes
+    /// never move, so one born before the current layer was at its path in
+    /// the lower view.
+    born: usize,
     /// The last layer (index + 1) that created, changed or removed this
     /// node or something below it: the emitter visits only those.
     dirty: usize,
+    /// The layer (index + 1) whose directory holds this directory already,
+    /// created as the parent of a file written there.
+    made: usize,
+    parent: Ix,
 }
 
-/// Where a regular file's bytes are.
+/// Where a regular file's bytes are. Paths are `/`-joined, relative to a
+/// layer directory.
 #[derive(Debug, Clone)]
 enum Content {
-    /// Read in the current layer and written at this path of its directory,
-    /// metadata included (so emitting it there costs nothing).
-    Placed(RelPath),
+    /// Read in the current layer and written, metadata included, in its
+    /// directory at `path`, the path of the tree node `node` (so emitting
+    /// that node costs nothing).
+    Placed { node: u64, path: String },
     /// Read in the current layer, then moved aside to the staging directory
     /// (metadata set) because its path was replaced within the layer while
     /// a hardlink may still name it.
     Staged(String),
     /// Written into an emitted layer directory.
-    InLayer(usize, RelPath),
+    InLayer(usize, String),
 }
 
-/// The merged view, in memory.
+/// The merged view, in memory: an arena of nodes, each directory holding
+/// its children by name, so a path costs one small map lookup per
+/// component and a node one allocation (its name). What the lower view was
+/// before the current layer is kept as a journal of the names it removed,
+/// not as a copy of the tree.
 struct MemTree {
-    nodes: BTreeMap<RelPath, Node>,
+    slots: Vec<Option<Node>>,
+    /// Places of removed nodes, for reuse.
+    free: Vec<Ix>,
+    /// The directory found last and its path: most entries sit in the
+    /// directory of the one before, or close to it.
+    last_dir: Option<(RelPath, Ix)>,
     content: HashMap<u64, Content>,
     next_id: u64,
     staging: OwnedFd,
@@ -229,13 +248,16 @@ struct MemTree {
     layer: Option<LayerDir>,
     /// Files placed in the current layer.
     placed: Vec<u64>,
-    /// The current layer's index + 1, for `Node::dirty`.
+    /// The current layer's index + 1, for `Node::born`, `dirty` and `made`.
     stamp: usize,
-    /// Directories an opaque marker (or a whiteout of a touched directory)
-    /// cleared in the current layer.
-    opaqued: HashSet<RelPath>,
+    /// Directories (by id) an opaque marker, or a whiteout of a touched
+    /// directory, cleared in the current layer.
+    opaqued: HashSet<u64>,
+    /// Names of the lower view the current layer removed, by the id of the
+    /// directory that held them, each with whether it was a directory.
+    removed: HashMap<u64, Vec<(Box<str>, bool)>>,
     /// The names hardlinks gave each linked inode (possibly stale: a name
-    /// counts while `nodes` still holds that inode there).
+    /// counts while the tree still holds that inode there).
     names: HashMap<u64, HashSet<RelPath>>,
     /// Linked inodes whose names were all copied up in the current layer.
     copied_up: HashSet<u64>,
@@ -243,18 +265,19 @@ struct MemTree {
 
 impl MemTree {
     fn new(staging: OwnedFd, out: OwnedFd) -> Self {
-        let mut nodes = BTreeMap::new();
-        nodes.insert(
-            Vec::new(),
-            Node {
-                kind: NodeKind::Dir,
-                meta: rules::implied_dir_meta(),
-                id: 0,
-                dirty: 0,
-            },
-        );
+        let root = Node {
+            kind: NodeKind::Dir(BTreeMap::new()),
+            meta: rules::implied_dir_meta(),
+            id: 0,
+            born: 0,
+            dirty: 0,
+            made: 0,
+            parent: ROOT,
+        };
         MemTree {
-            nodes,
+            slots: vec![Some(root)],
+            free: Vec::new(),
+            last_dir: None,
             content: HashMap::new(),
             next_id: 1,
             staging,
@@ -263,6 +286,7 @@ impl MemTree {
             placed: Vec::new(),
             stamp: 0,
             opaqued: HashSet::new(),
+            removed: HashMap::new(),
             names: HashMap::new(),
             copied_up: HashSet::new(),
         }
@@ -273,6 +297,7 @@ impl MemTree {
     fn start_layer(&mut self, index: usize) -> Result<(), Fault> {
         self.stamp = index + 1;
         self.opaqued.clear();
+        self.removed.clear();
         self.copied_up.clear();
         let name = index.to_string();
         rfs::mkdirat(&self.out, name.as_str(), Mode::from_raw_mode(0o700))
@@ -282,7 +307,6 @@ impl MemTree {
             .op("open layer")?;
         self.layer = Some(LayerDir {
             root,
-            made: HashSet::new(),
             fds: HashMap::new(),
         });
         Ok(())
@@ -293,16 +317,70 @@ impl MemTree {
     fn finish_layer(&mut self, index: usize) {
         for inode in std::mem::take(&mut self.placed) {
             if let Some(content) = self.content.get_mut(&inode) {
-                if let Content::Placed(at) = content {
-                    *content = Content::InLayer(index, std::mem::take(at));
+                if let Content::Placed { path, .. } = content {
+                    *content = Content::InLayer(index, std::mem::take(path));
                 }
             }
         }
         self.layer = None;
     }
 
-    fn layer_dir(&mut self) -> &mut LayerDir {
-        self.layer.as_mut().expect("a layer is being read")
+    fn node(&self, ix: Ix) -> &Node {
+        self.slots[ix as usize].as_ref().expect("a live node")
+    }
+
+    fn node_mut(&mut self, ix: Ix) -> &mut Node {
+        self.slots[ix as usize].as_mut().expect("a live node")
+    }
+
+    fn child(&self, dir: Ix, name: &str) -> Option<Ix> {
+        match &self.node(dir).kind {
+            NodeKind::Dir(children) => children.get(name).copied(),
+            NodeKind::Leaf { .. } => None,
+        }
+    }
+
+    /// The node at `path`, from the root.
+    fn lookup(&self, path: &[String]) -> Option<Ix> {
+        path.iter().try_fold(ROOT, |at, name| self.child(at, name))
+    }
+
+    /// The node at `path`, found from the last directory found.
+    fn find(&mut self, path: &[String]) -> Option<Ix> {
+        match path.split_last() {
+            None => Some(ROOT),
+            Some((name, dir)) => {
+                let dir = self.find_dir(dir)?;
+                self.child(dir, name)
+            }
+        }
+    }
+
+    /// The node at `dir`: up from the last directory found to the path the
+    /// two share, then down; remembered if it lies deeper.
+    fn find_dir(&mut self, dir: &[String]) -> Option<Ix> {
+        let (common, mut at) = match &self.last_dir {
+            None => (0, ROOT),
+            Some((cached, ix)) => {
+                let common = cached.iter().zip(dir).take_while(|(a, b)| a == b).count();
+                let mut at = *ix;
+                for _ in common..cached.len() {
+                    at = self.node(at).parent;
+                }
+                (common, at)
+            }
+        };
+        if common == dir.len() {
+            return Some(at);
+        }
+        for name in &dir[common..] {
+            at = self.child(at, name)?;
+        }
+        let (cached, ix) = self.last_dir.get_or_insert_with(|| (Vec::new(), ROOT));
+        cached.truncate(common);
+        cached.extend_from_slice(&dir[common..]);
+        *ix = at;
+        Some(at)
     }
 
     fn id(&mut self) -> u64 {
@@ -310,56 +388,116 @@ impl MemTree {
         self.next_id
     }
 
-    fn insert(&mut self, path: &[String], kind: NodeKind, meta: Meta) {
+    /// Adds a node at `path`, whose parent is a directory of the tree and
+    /// which holds nothing of that name (the rules see to both).
+    fn insert(&mut self, path: &[String], kind: NodeKind, meta: Meta) -> Result<u64, Fault> {
+        let (name, dir) = path.split_last().expect("below the root");
+        let parent = self
+            .find_dir(dir)
+            .ok_or_else(|| internal("the parent is not in the tree"))?;
         let id = self.id();
-        let dirty = self.stamp;
-        self.nodes.insert(
-            path.to_vec(),
-            Node {
-                kind,
-                meta,
-                id,
-                dirty,
-            },
-        );
-        self.mark_ancestors(path);
-    }
-
-    /// Stamps `path` (if it still exists) and its ancestors as changed in
-    /// this layer; stops at the first ancestor already stamped.
-    fn mark_dirty(&mut self, path: &[String]) {
-        if let Some(node) = self.nodes.get_mut(path) {
-            node.dirty = self.stamp;
+        let node = Node {
+            kind,
+            meta,
+            id,
+            born: self.stamp,
+            dirty: self.stamp,
+            made: 0,
+            parent,
+        };
+        let ix = match self.free.pop() {
+            Some(ix) => {
+                self.slots[ix as usize] = Some(node);
+                ix
+            }
+            None => {
+                self.slots.push(Some(node));
+                Ix::try_from(self.slots.len() - 1)
+                    .map_err(|_| internal("more than 2^32 tree nodes"))?
+            }
+        };
+        match &mut self.node_mut(parent).kind {
+            NodeKind::Dir(children) => {
+                if children.insert(name.as_str().into(), ix).is_some() {
+                    return Err(internal("the name is taken"));
+                }
+            }
+            NodeKind::Leaf { .. } => return Err(internal("the parent is not a directory")),
         }
-        self.mark_ancestors(path);
+        self.mark_from(parent);
+        Ok(id)
     }
 
-    fn mark_ancestors(&mut self, path: &[String]) {
-        for n in (0..path.len()).rev() {
-            match self.nodes.get_mut(&path[..n]) {
-                Some(node) if node.dirty == self.stamp => return,
-                Some(node) => node.dirty = self.stamp,
-                None => {}
+    /// Stamps `ix` and its ancestors as changed in this layer; stops at the
+    /// first one stamped already (its ancestors are too).
+    fn mark_from(&mut self, mut ix: Ix) {
+        let stamp = self.stamp;
+        loop {
+            let node = self.node_mut(ix);
+            if node.dirty == stamp {
+                return;
+            }
+            node.dirty = stamp;
+            if ix == ROOT {
+                return;
+            }
+            ix = node.parent;
+        }
+    }
+
+    /// Stamps the node at `path`, or its deepest ancestor in the tree.
+    fn mark_path(&mut self, path: &[String]) {
+        let mut at = ROOT;
+        for name in path {
+            match self.child(at, name) {
+                Some(next) => at = next,
+                None => break,
             }
         }
+        self.mark_from(at);
     }
-}
 
-impl MemTree {
     /// Moves a file placed at `path` in the current layer to the staging
     /// directory: its path is being replaced, but a hardlink of this layer
     /// may still name the inode.
-    fn move_aside(&mut self, path: &[String], inode: u64) -> Result<(), Fault> {
-        let (name, parent) = path.split_last().expect("below the root");
+    fn move_aside(&mut self, path: &str, inode: u64) -> Result<(), Fault> {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let parent: RelPath = parent
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
         let blob = inode.to_string();
+        let target = self.find_dir(&parent).ok_or_else(not_in_tree);
         let layer = self.layer.as_mut().expect("a layer is being read");
-        let dir = layer.subdir(parent).op("open directory in layer")?;
-        rfs::renameat(dir, name.as_str(), &self.staging, blob.as_str())
+        let dir = target
+            .and_then(|target| layer.subdir(&mut self.slots, self.stamp, target, &parent))
+            .op("open directory in layer")?;
+        rfs::renameat(dir, name, &self.staging, blob.as_str())
             .map_err(io::Error::from)
             .op("move replaced file aside")?;
         self.content.insert(inode, Content::Staged(blob));
         Ok(())
     }
+
+    /// The directory `dir` of the current layer's directory, created (0700;
+    /// the emitter sets its attributes) with its missing parents. `dir` is
+    /// a directory of the tree.
+    fn layer_subdir(&mut self, dir: &[String]) -> io::Result<BorrowedFd<'_>> {
+        let target = self.find_dir(dir).ok_or_else(not_in_tree)?;
+        let layer = self.layer.as_mut().expect("a layer is being read");
+        layer.subdir(&mut self.slots, self.stamp, target, dir)
+    }
+
+    fn layer_dir(&mut self) -> &mut LayerDir {
+        self.layer.as_mut().expect("a layer is being read")
+    }
+}
+
+/// A broken invariant of the tree (the rules keep them): an error, not a
+/// panic, should one ever break.
+fn internal(what: &'static str) -> Fault {
+    Fault::Io(what, io::Error::other(what))
 }
 
 /// Directory fds kept at most (see apply's cache: the fd table stays small).
@@ -371,67 +509,83 @@ const DIR_CACHE: usize = 128;
 /// at a time with `O_NOFOLLOW`.
 struct LayerDir {
     root: OwnedFd,
-    /// Directories created (parents of placed files).
-    made: HashSet<RelPath>,
-    fds: HashMap<RelPath, OwnedFd>,
+    /// Open directories, by the id of their tree node.
+    fds: HashMap<u64, OwnedFd>,
+}
+
+fn not_in_tree() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "directory not in the tree")
 }
 
 impl LayerDir {
-    /// The directory `dir` of the layer, created (0700; the emitter sets its
-    /// attributes) with its missing parents.
-    fn subdir(&mut self, dir: &[String]) -> io::Result<BorrowedFd<'_>> {
-        if dir.is_empty() {
+    /// The directory `dir`, the tree node `target`, created with its
+    /// missing parents (see `MemTree::layer_subdir`).
+    fn subdir(
+        &mut self,
+        slots: &mut [Option<Node>],
+        stamp: usize,
+        target: Ix,
+        dir: &[String],
+    ) -> io::Result<BorrowedFd<'_>> {
+        if target == ROOT {
             return Ok(self.root.as_fd());
         }
-        if !self.fds.contains_key(dir) {
-            let mut start = dir.len() - 1;
-            while start > 0 && !self.fds.contains_key(&dir[..start]) {
-                start -= 1;
+        let live = |slots: &[Option<Node>], ix: Ix| -> io::Result<u64> {
+            slots[ix as usize]
+                .as_ref()
+                .map(|n| n.id)
+                .ok_or_else(not_in_tree)
+        };
+        let id = live(slots, target)?;
+        if !self.fds.contains_key(&id) {
+            // The directory and its ancestors, up to the first one open.
+            let mut chain = vec![target];
+            let mut at = target;
+            while at != ROOT {
+                if at != target && self.fds.contains_key(&live(slots, at)?) {
+                    break;
+                }
+                at = slots[at as usize].as_ref().ok_or_else(not_in_tree)?.parent;
+                chain.push(at);
             }
+            chain.reverse();
+            let start = dir.len() + 1 - chain.len();
             let mut fd: Option<OwnedFd> = None;
-            for i in start..dir.len() {
+            for (i, pair) in chain.windows(2).enumerate() {
+                let (above, ix) = (pair[0], pair[1]);
                 let parent = match &fd {
                     Some(fd) => fd.as_fd(),
-                    None if i == 0 => self.root.as_fd(),
-                    None => self.fds[&dir[..i]].as_fd(),
+                    None if above == ROOT => self.root.as_fd(),
+                    None => self.fds[&live(slots, above)?].as_fd(),
                 };
-                let name = dir[i].as_str();
-                if !self.made.contains(&dir[..=i]) {
+                let name = dir[start + i].as_str();
+                let node = slots[ix as usize].as_mut().ok_or_else(not_in_tree)?;
+                if node.made != stamp {
                     match rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    self.made.insert(dir[..=i].to_vec());
+                    node.made = stamp;
                 }
-                let next = sys::open_entry(parent, name, OFlags::PATH | OFlags::DIRECTORY)?;
-                fd = Some(next);
+                fd = Some(sys::open_entry(
+                    parent,
+                    name,
+                    OFlags::PATH | OFlags::DIRECTORY,
+                )?);
             }
             if self.fds.len() >= DIR_CACHE {
                 self.fds.clear();
             }
-            self.fds
-                .insert(dir.to_vec(), fd.expect("one component at least"));
+            self.fds.insert(id, fd.expect("one component at least"));
         }
-        Ok(self.fds[dir].as_fd())
+        Ok(self.fds[&id].as_fd())
     }
-}
-
-/// Names of the children of `dir` in `nodes`, in order.
-fn children_of<'a>(
-    nodes: &'a BTreeMap<RelPath, Node>,
-    dir: &'a [String],
-) -> impl Iterator<Item = (&'a RelPath, &'a Node)> + 'a {
-    let depth = dir.len() + 1;
-    nodes
-        .range::<[String], _>((Bound::Excluded(dir), Bound::Unbounded))
-        .take_while(move |(k, _)| k.starts_with(dir))
-        .filter(move |(k, _)| k.len() == depth)
 }
 
 impl Target for MemTree {
     fn kind(&mut self, path: &[String]) -> Result<Option<Kind>, Fault> {
-        Ok(self.nodes.get(path).map(|n| match &n.kind {
-            NodeKind::Dir => Kind::Dir,
+        Ok(self.find(path).map(|ix| match &self.node(ix).kind {
+            NodeKind::Dir(_) => Kind::Dir,
             NodeKind::Leaf {
                 kind: EntryKind::Symlink(_),
                 ..
@@ -441,7 +595,7 @@ impl Target for MemTree {
     }
 
     fn readlink(&mut self, path: &[String]) -> Result<String, Fault> {
-        match self.nodes.get(path).map(|n| &n.kind) {
+        match self.find(path).map(|ix| &self.node(ix).kind) {
             Some(NodeKind::Leaf {
                 kind: EntryKind::Symlink(target),
                 ..
@@ -451,68 +605,117 @@ impl Target for MemTree {
     }
 
     fn children(&mut self, path: &[String]) -> Result<Vec<String>, Fault> {
-        Ok(children_of(&self.nodes, path)
-            .map(|(k, _)| k.last().expect("child").clone())
-            .collect())
+        Ok(match self.find(path).map(|ix| &self.node(ix).kind) {
+            Some(NodeKind::Dir(children)) => children.keys().map(|k| k.to_string()).collect(),
+            _ => Vec::new(),
+        })
     }
 
     fn remove_all(&mut self, path: &[String]) -> Result<(), Fault> {
-        let doomed: Vec<RelPath> = self
-            .nodes
-            .range::<[String], _>((Bound::Included(path), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(path))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in doomed {
-            if let Some(Node {
-                kind:
-                    NodeKind::Leaf {
-                        kind: EntryKind::File,
-                        inode,
-                    },
-                ..
-            }) = self.nodes.remove(&key)
-            {
-                if matches!(self.content.get(&inode), Some(Content::Placed(at)) if *at == key) {
-                    self.move_aside(&key, inode)?;
+        let Some((name, _)) = path.split_last() else {
+            // The root stays; what it holds goes.
+            for name in self.children(path)? {
+                self.remove_all(&[name])?;
+            }
+            return Ok(());
+        };
+        let Some(ix) = self.find(path) else {
+            self.mark_path(path);
+            return Ok(());
+        };
+        // Files placed below are moved aside first, while their
+        // directories are still in the tree.
+        let mut below = vec![ix];
+        let mut placed = Vec::new();
+        while let Some(at) = below.pop() {
+            let node = self.node(at);
+            match &node.kind {
+                NodeKind::Dir(children) => below.extend(children.values().copied()),
+                NodeKind::Leaf {
+                    kind: EntryKind::File,
+                    inode,
+                } => {
+                    if let Some(Content::Placed { node: id, path }) = self.content.get(inode) {
+                        if *id == node.id {
+                            placed.push((path.clone(), *inode));
+                        }
+                    }
                 }
+                NodeKind::Leaf { .. } => {}
             }
         }
-        self.mark_dirty(path);
+        for (at, inode) in placed {
+            self.move_aside(&at, inode)?;
+        }
         // What is left of a directory files were placed in: directories.
-        if let Some((name, parent)) = path.split_last() {
-            if self.layer_dir().made.contains(path) {
-                let layer = self.layer_dir();
-                let dir = layer.subdir(parent).op("open directory in layer")?;
-                crate::apply::remove_at(dir, name).op("remove from layer")?;
-                layer.made.retain(|d| !d.starts_with(path));
-                layer.fds.clear();
-            }
+        if self.node(ix).made == self.stamp {
+            let parent = &path[..path.len() - 1];
+            let dir = self.layer_subdir(parent).op("open directory in layer")?;
+            crate::apply::remove_at(dir, name).op("remove from layer")?;
+            self.layer_dir().fds.clear();
         }
+        let (parent, born, was_dir) = {
+            let node = self.node(ix);
+            (
+                node.parent,
+                node.born,
+                matches!(node.kind, NodeKind::Dir(_)),
+            )
+        };
+        if let NodeKind::Dir(children) = &mut self.node_mut(parent).kind {
+            children.remove(name.as_str());
+        }
+        if born < self.stamp {
+            let parent_id = self.node(parent).id;
+            self.removed
+                .entry(parent_id)
+                .or_default()
+                .push((name.as_str().into(), was_dir));
+        }
+        self.last_dir = None;
+        let mut doomed = vec![ix];
+        while let Some(at) = doomed.pop() {
+            if let Some(Node {
+                kind: NodeKind::Dir(children),
+                ..
+            }) = self.slots[at as usize].take()
+            {
+                doomed.extend(children.into_values());
+            }
+            self.free.push(at);
+        }
+        self.mark_from(parent);
         Ok(())
     }
 
     fn known_dir(&mut self, path: &[String]) -> bool {
-        matches!(self.nodes.get(path), Some(n) if matches!(n.kind, NodeKind::Dir))
+        matches!(
+            self.find(path).map(|ix| &self.node(ix).kind),
+            Some(NodeKind::Dir(_))
+        )
     }
 
     fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<bool, Fault> {
-        if self.nodes.contains_key(path) {
+        if self.find(path).is_some() {
             return Ok(false);
         }
-        self.insert(path, NodeKind::Dir, meta.clone());
+        self.insert(path, NodeKind::Dir(BTreeMap::new()), meta.clone())?;
         Ok(true)
     }
 
     fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault> {
-        self.insert(path, NodeKind::Dir, rules::implied_dir_meta());
+        self.insert(
+            path,
+            NodeKind::Dir(BTreeMap::new()),
+            rules::implied_dir_meta(),
+        )?;
         Ok(())
     }
 
     fn replace_dir_meta(&mut self, path: &[String], meta: &Meta) -> Result<(), Fault> {
-        if let Some(node) = self.nodes.get_mut(path) {
-            node.meta = meta.clone();
-            self.mark_dirty(path);
+        if let Some(ix) = self.find(path) {
+            self.node_mut(ix).meta = meta.clone();
+            self.mark_from(ix);
         }
         Ok(())
     }
@@ -524,18 +727,23 @@ impl Target for MemTree {
         meta: &Meta,
         data: &mut dyn EntryBody,
     ) -> Result<bool, Fault> {
-        if self.nodes.contains_key(path) {
+        if self.find(path).is_some() {
             return Ok(false);
         }
         let inode = self.id();
-        if *kind == EntryKind::File {
+        let leaf = NodeKind::Leaf {
+            kind: kind.clone(),
+            inode,
+        };
+        if *kind != EntryKind::File {
+            self.insert(path, leaf, meta.clone())?;
+            return Ok(true);
+        }
+        {
             // Written in place in the layer's directory, metadata set on the
             // open fd: emitting the layer then leaves it where it is.
             let (name, parent) = path.split_last().expect("below the root");
-            let dir = self
-                .layer_dir()
-                .subdir(parent)
-                .op("create directory in layer")?;
+            let dir = self.layer_subdir(parent).op("create directory in layer")?;
             let fd = rfs::openat(
                 dir,
                 name.as_str(),
@@ -547,49 +755,50 @@ impl Target for MemTree {
             let mut file = File::from(fd);
             data.write_to(&mut file).op("write file")?;
             set_meta(file.as_fd(), meta, true).op("set file metadata")?;
-            self.content.insert(inode, Content::Placed(path.to_vec()));
-            self.placed.push(inode);
         }
-        let kind = NodeKind::Leaf {
-            kind: kind.clone(),
-            inode,
-        };
-        self.insert(path, kind, meta.clone());
+        let node = self.insert(path, leaf, meta.clone())?;
+        let path = path.join("/");
+        self.content.insert(inode, Content::Placed { node, path });
+        self.placed.push(inode);
         Ok(true)
     }
 
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {
-        let node = self
-            .nodes
-            .get(target)
-            .expect("rules checked the target")
-            .clone();
-        if let NodeKind::Leaf { inode, .. } = node.kind {
-            let names = self.names.entry(inode).or_default();
-            names.insert(target.to_vec());
-            names.insert(path.to_vec());
-            if self.copied_up.insert(inode) {
-                // Layer directories cannot share an inode, so every name the
-                // merged view gives this one is written again in this layer,
-                // all linked to one copy (the kernel then shows one inode,
-                // as apply does).
-                let nodes = &self.nodes;
-                names.retain(|p| {
-                    matches!(nodes.get(p).map(|n| &n.kind),
+        let at = self
+            .find(target)
+            .ok_or_else(|| internal("the hardlink target is not in the tree"))?;
+        let node = self.node(at);
+        let (kind, inode, meta) = match &node.kind {
+            NodeKind::Leaf { kind, inode } => (kind.clone(), *inode, node.meta.clone()),
+            NodeKind::Dir(_) => return Err(Rule::HardlinkToDirectory.into()),
+        };
+        let mut names = self.names.remove(&inode).unwrap_or_default();
+        names.insert(target.to_vec());
+        names.insert(path.to_vec());
+        if self.copied_up.insert(inode) {
+            // Layer directories cannot share an inode, so every name the
+            // merged view gives this one is written again in this layer,
+            // all linked to one copy (the kernel then shows one inode, as
+            // apply does).
+            names.retain(|p| {
+                p == path
+                    || matches!(self.lookup(p).map(|ix| &self.node(ix).kind),
                         Some(NodeKind::Leaf { inode: i, .. }) if *i == inode)
-                        || p == path
-                });
-                for name in names.clone() {
-                    self.mark_dirty(&name);
-                }
+            });
+            for name in &names {
+                self.mark_path(name);
             }
         }
-        self.insert(path, node.kind, node.meta);
+        self.names.insert(inode, names);
+        self.insert(path, NodeKind::Leaf { kind, inode }, meta)?;
         Ok(())
     }
 
     fn cleared_below(&mut self, dir: &[String]) {
-        self.opaqued.insert(dir.to_vec());
+        if let Some(ix) = self.find(dir) {
+            let id = self.node(ix).id;
+            self.opaqued.insert(id);
+        }
     }
 }
 
@@ -603,23 +812,23 @@ enum Merge {
 }
 
 /// Writes one layer's difference as an overlay-native directory. It only
-/// reads the tree, so children and paths are borrowed from it, not cloned.
+/// reads the tree, so names are borrowed from it, not cloned.
 struct Emitter<'a> {
     tree: &'a MemTree,
-    before: &'a BTreeMap<RelPath, Node>,
     layer: usize,
     layer_dirs: &'a [PathBuf],
     out: BorrowedFd<'a>,
     opts: ConvertOptions,
-    /// Inodes written in this layer by this emitter, for links within it
-    /// (files placed while the layer was read are found by their content).
-    emitted_inodes: HashMap<u64, &'a [String]>,
+    /// Linked inodes written in this layer by this emitter, at a `/`-joined
+    /// path, for their other names (files placed while the layer was read
+    /// are found by their content).
+    emitted_inodes: HashMap<u64, String>,
     /// Files moved into this layer: their new content, for later layers.
     moved: Vec<(u64, Content)>,
     /// Whether this layer holds xattr whiteouts (its root is then marked).
     wrote_xwhiteouts: bool,
     /// The path being written, for errors, and the whiteout name below it.
-    at: &'a [String],
+    at: Vec<&'a str>,
     at_name: Option<String>,
 }
 
@@ -639,41 +848,43 @@ impl<'a> Emitter<'a> {
     }
 
     fn emit(&mut self, name: &str) -> Result<(), Fault> {
-        let tree = self.tree;
-        let root_meta = &tree.nodes[&Vec::<String>::new()].meta;
+        let root = self.tree.node(ROOT);
         // Made by MemTree::start_layer, and holding this layer's files.
         let fd =
             sys::open_entry(self.out, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open layer")?;
         // The kernel ignores opaque on a layer root: always merge, whiteouts.
-        self.emit_dir(fd.as_fd(), &[], root_meta, Merge::Merged)?;
+        self.emit_dir(fd.as_fd(), root, Merge::Merged)?;
         if self.wrote_xwhiteouts {
             mark_xwhiteouts_dir(fd.as_fd()).op("mark layer root for xattr whiteouts")?;
         }
         Ok(())
     }
 
-    fn emit_dir(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        path: &'a [String],
-        meta: &Meta,
-        merge: Merge,
-    ) -> Result<(), Fault> {
-        set_meta(fd, meta, false).op("set directory metadata")?;
+    fn emit_dir(&mut self, fd: BorrowedFd<'_>, dir: &'a Node, merge: Merge) -> Result<(), Fault> {
+        set_meta(fd, &dir.meta, false).op("set directory metadata")?;
         let tree = self.tree;
-        for (child, node) in children_of(&tree.nodes, path) {
+        let NodeKind::Dir(children) = &dir.kind else {
+            return Err(internal("not a directory"));
+        };
+        for (name, &ix) in children {
+            let node = tree.node(ix);
             // Unchanged children of a merged directory come from below.
             if merge == Merge::Raw || node.dirty == self.layer + 1 {
-                self.at = child;
-                self.emit_node(fd, child, node, merge)?;
+                self.at.push(name);
+                self.emit_node(fd, dir, name, node, merge)?;
+                self.at.pop();
             }
         }
-        self.at = path;
         if merge == Merge::Merged {
-            let gone: Vec<&String> = children_of(self.before, path)
-                .filter(|(k, _)| !tree.nodes.contains_key(*k))
-                .map(|(k, _)| k.last().expect("child"))
+            let mut gone: Vec<&str> = tree
+                .removed
+                .get(&dir.id)
+                .into_iter()
+                .flatten()
+                .map(|(name, _)| &**name)
+                .filter(|name| !children.contains_key(*name))
                 .collect();
+            gone.sort_unstable();
             if self.opts.xwhiteouts && !gone.is_empty() {
                 for name in &gone {
                     self.at_name = Some(name.to_string());
@@ -690,7 +901,7 @@ impl<'a> Emitter<'a> {
                 self.at_name = None;
             }
         }
-        rfs::futimens(fd, &sys::times(meta.mtime))
+        rfs::futimens(fd, &sys::times(dir.meta.mtime))
             .map_err(io::Error::from)
             .op("set directory mtime")
     }
@@ -698,33 +909,34 @@ impl<'a> Emitter<'a> {
     fn emit_node(
         &mut self,
         dir: BorrowedFd<'_>,
-        path: &'a [String],
+        parent: &Node,
+        name: &str,
         node: &'a Node,
-        parent: Merge,
+        parent_merge: Merge,
     ) -> Result<(), Fault> {
-        let name = path.last().expect("below the root").as_str();
         match &node.kind {
-            NodeKind::Dir => {
-                let merge = match (parent, self.before.get(path)) {
-                    (Merge::Merged, Some(lower)) if matches!(lower.kind, NodeKind::Dir) => {
-                        if lower.id == node.id && !self.tree.opaqued.contains(path) {
-                            Merge::Merged
-                        } else {
-                            Merge::Raw
-                        }
+            NodeKind::Dir(_) => {
+                let stamp = self.layer + 1;
+                // A directory merges with the one below where that is the
+                // same directory, not cleared in this layer. Opaque is needed
+                // where a lower directory would otherwise merge.
+                let (merge, opaque) = if parent_merge == Merge::Raw {
+                    (Merge::Raw, false)
+                } else if node.born < stamp {
+                    if self.tree.opaqued.contains(&node.id) {
+                        (Merge::Raw, true)
+                    } else {
+                        (Merge::Merged, false)
                     }
-                    _ => Merge::Raw,
+                } else {
+                    let lower_dir = self
+                        .tree
+                        .removed
+                        .get(&parent.id)
+                        .is_some_and(|gone| gone.iter().any(|(n, d)| *d && &**n == name));
+                    (Merge::Raw, lower_dir)
                 };
-                // Opaque is needed where a lower directory would otherwise merge.
-                let opaque = merge == Merge::Raw
-                    && parent == Merge::Merged
-                    && matches!(self.before.get(path), Some(l) if matches!(l.kind, NodeKind::Dir));
-                let made = self
-                    .tree
-                    .layer
-                    .as_ref()
-                    .is_some_and(|l| l.made.contains(path));
-                if !made {
+                if node.made != stamp {
                     rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
                         .map_err(io::Error::from)
                         .op("mkdir")?;
@@ -735,29 +947,27 @@ impl<'a> Emitter<'a> {
                     sys::fset_xattr(fd.as_fd(), &self.opts.opaque_xattr(), spec::OPAQUE_YES)
                         .op("set opaque xattr")?;
                 }
-                self.emit_dir(fd.as_fd(), path, &node.meta, merge)
+                self.emit_dir(fd.as_fd(), node, merge)
             }
-            NodeKind::Leaf { kind, inode } => {
-                self.emit_leaf(dir, path, name, kind, *inode, &node.meta)
-            }
+            NodeKind::Leaf { kind, inode } => self.emit_leaf(dir, name, node, kind, *inode),
         }
     }
 
     fn emit_leaf(
         &mut self,
         dir: BorrowedFd<'_>,
-        path: &'a [String],
         name: &str,
+        node: &Node,
         kind: &EntryKind,
         inode: u64,
-        meta: &Meta,
     ) -> Result<(), Fault> {
+        let meta = &node.meta;
         let content = match kind {
             EntryKind::File => self.tree.content.get(&inode),
             _ => None,
         };
-        if let Some(Content::Placed(at)) = &content {
-            if at == path {
+        if let Some(Content::Placed { node: id, .. }) = &content {
+            if *id == node.id {
                 // Written here while the layer was read, metadata included;
                 // its other names link to it through `Placed` below.
                 return Ok(());
@@ -769,20 +979,20 @@ impl<'a> Emitter<'a> {
         match kind {
             EntryKind::File => match content {
                 // Another name of a file placed in this layer.
-                Some(Content::Placed(at)) => self.link_in_layer(at, dir, name)?,
+                Some(Content::Placed { path, .. }) => self.link_in_layer(path, dir, name)?,
                 Some(Content::Staged(blob)) => {
                     rfs::renameat(&self.tree.staging, blob.as_str(), dir, name)
                         .map_err(io::Error::from)
                         .op("place file")?;
                     self.moved
-                        .push((inode, Content::InLayer(self.layer, path.to_vec())));
+                        .push((inode, Content::InLayer(self.layer, self.at.join("/"))));
                 }
                 Some(Content::InLayer(layer, from)) => {
                     self.copy_from_layer(*layer, from, dir, name, meta)?;
                     self.moved
-                        .push((inode, Content::InLayer(self.layer, path.to_vec())));
+                        .push((inode, Content::InLayer(self.layer, self.at.join("/"))));
                 }
-                None => unreachable!("every file inode has content"),
+                None => return Err(internal("a file without content")),
             },
             other => {
                 match other {
@@ -832,17 +1042,19 @@ impl<'a> Emitter<'a> {
                 sys::set_mtime_at(dir, name, meta.mtime).op("set mtime")?;
             }
         }
-        self.emitted_inodes.insert(inode, path);
+        if self.tree.names.contains_key(&inode) {
+            self.emitted_inodes.insert(inode, self.at.join("/"));
+        }
         Ok(())
     }
 
-    /// Links `path` of this layer's directory (already written) as `name`
-    /// in `dir`.
-    fn link_in_layer(&self, from: &[String], dir: BorrowedFd<'_>, name: &str) -> Result<(), Fault> {
+    /// Links `from` (`/`-joined) of this layer's directory, already written,
+    /// as `name` in `dir`.
+    fn link_in_layer(&self, from: &str, dir: BorrowedFd<'_>, name: &str) -> Result<(), Fault> {
         let layer_fd = self.layer_root()?;
-        let (fname, fparent) = from.split_last().expect("below the root");
-        let fdir = sys::open_dir_path(layer_fd.as_fd(), &fparent.join("/")).op("open")?;
-        rfs::linkat(&fdir, fname.as_str(), dir, name, AtFlags::empty())
+        let (fparent, fname) = from.rsplit_once('/').unwrap_or(("", from));
+        let fdir = sys::open_dir_path(layer_fd.as_fd(), fparent).op("open")?;
+        rfs::linkat(&fdir, fname, dir, name, AtFlags::empty())
             .map_err(io::Error::from)
             .op("link")
     }
@@ -859,7 +1071,7 @@ impl<'a> Emitter<'a> {
     fn copy_from_layer(
         &self,
         layer: usize,
-        from: &[String],
+        from: &str,
         dir: BorrowedFd<'_>,
         name: &str,
         meta: &Meta,
@@ -871,7 +1083,7 @@ impl<'a> Emitter<'a> {
             .into_owned();
         let root = sys::open_entry(self.out, &layer_name, OFlags::PATH | OFlags::DIRECTORY)
             .op("open lower layer")?;
-        let src = sys::open_beneath(root.as_fd(), &from.join("/"), OFlags::RDONLY)
+        let src = sys::open_beneath(root.as_fd(), from, OFlags::RDONLY)
             .op("open hardlink target in lower layer")?;
         let dst = rfs::openat(
             dir,
