@@ -8,7 +8,8 @@ SPEC is `tar`, or `apply:BIN` / `convert:BIN` (BIN an overlayer binary, e.g. a c
 target/release/overlayer from before a change). The layer (from bench/cache/, made by `make bench`)
 is copied to a private tmpfs; every round runs each SPEC once, in order, on a clean output, after the
 same 0.3 s pause as run.py. Prints the median and min wall time and the median user and sys time
-of each SPEC over the rounds after the first (a warm-up).
+of each SPEC over the rounds after the first (a warm-up), then the median and quartiles of each
+round's ratio of every other SPEC to the first.
 """
 import argparse
 import os
@@ -66,6 +67,13 @@ try:
         walls = [x[0] for x in xs]
         print(f"{spec:{width}}  wall {statistics.median(walls):.3f} s (min {min(walls):.3f})  "
               f"user {statistics.median(x[1] for x in xs):.3f}  sys {statistics.median(x[2] for x in xs):.3f}")
+    # Each round's ratio to the first SPEC: the machine's drift between rounds cancels out.
+    first = A.specs[0]
+    for spec in A.specs[1:]:
+        ratios = sorted(x[0] / y[0] for x, y in zip(samples[spec], samples[first]))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(f"{spec:{width}}  / {first}: median of the rounds' ratios {statistics.median(ratios):.3f} "
+              f"(quartiles {q[0]:.3f}-{q[2]:.3f})")
 finally:
     subprocess.run(["rm", "-rf", os.path.join(T, "out")])
     subprocess.run(["umount", T])

@@ -261,6 +261,9 @@ struct MemTree {
     names: HashMap<u64, HashSet<RelPath>>,
     /// Linked inodes whose names were all copied up in the current layer.
     copied_up: HashSet<u64>,
+    /// The process's uid and gid, where files created while the current
+    /// layer is read get exactly those (see `start_layer`).
+    new_file_ids: Option<(u32, u32)>,
 }
 
 impl MemTree {
@@ -289,6 +292,7 @@ impl MemTree {
             removed: HashMap::new(),
             names: HashMap::new(),
             copied_up: HashSet::new(),
+            new_file_ids: None,
         }
     }
 
@@ -305,6 +309,21 @@ impl MemTree {
             .op("mkdir layer")?;
         let root = sys::open_entry(self.out.as_fd(), &name, OFlags::PATH | OFlags::DIRECTORY)
             .op("open layer")?;
+        // A file gets the creator's fsuid and, unless its directory is setgid
+        // (or the filesystem mounted `grpid`), fsgid. Files are placed below
+        // directories made here, 0700 and chowned only when the layer is
+        // emitted: if the layer root is ours and not setgid, so are they, and
+        // a file owned by the process needs no fchown.
+        let stat = rfs::fstat(&root)
+            .map_err(io::Error::from)
+            .op("stat layer")?;
+        let ids = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        self.new_file_ids = (!Mode::from_raw_mode(stat.st_mode).contains(Mode::SGID)
+            && stat.st_gid == ids.1)
+            .then_some(ids);
         self.layer = Some(LayerDir {
             root,
             fds: HashMap::new(),
@@ -754,7 +773,8 @@ impl Target for MemTree {
             .op("create file")?;
             let mut file = File::from(fd);
             data.write_to(&mut file).op("write file")?;
-            set_meta(file.as_fd(), meta, true).op("set file metadata")?;
+            let owned = self.new_file_ids == Some((meta.uid, meta.gid));
+            set_meta_chown(file.as_fd(), meta, true, !owned).op("set file metadata")?;
         }
         let node = self.insert(path, leaf, meta.clone())?;
         let path = path.join("/");
@@ -1132,11 +1152,23 @@ fn mark_xwhiteouts_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 fn set_meta(fd: BorrowedFd<'_>, meta: &Meta, with_mtime: bool) -> io::Result<()> {
-    rfs::fchown(
-        fd,
-        Some(rfs::Uid::from_raw(meta.uid)),
-        Some(rfs::Gid::from_raw(meta.gid)),
-    )?;
+    set_meta_chown(fd, meta, with_mtime, true)
+}
+
+/// `set_meta`, with the chown left out where the node has its owner already.
+fn set_meta_chown(
+    fd: BorrowedFd<'_>,
+    meta: &Meta,
+    with_mtime: bool,
+    chown: bool,
+) -> io::Result<()> {
+    if chown {
+        rfs::fchown(
+            fd,
+            Some(rfs::Uid::from_raw(meta.uid)),
+            Some(rfs::Gid::from_raw(meta.gid)),
+        )?;
+    }
     rfs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
     for (key, value) in &meta.xattrs {
         sys::fset_xattr(fd, key, value)?;
