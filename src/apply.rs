@@ -93,7 +93,9 @@ struct Disk {
     /// `RESOLVE_NO_SYMLINKS`), so runs of entries cost one `*at` call each.
     /// A removal forgets those at or below the removed path, the only way a
     /// resolved path can change.
-    dirs: HashMap<Vec<String>, OwnedFd>,
+    dirs: HashMap<Vec<String>, CachedDir>,
+    /// Whether new entries in the root get the process's ids.
+    root_ours: bool,
     /// Directory mtimes to set once the layer's children are written; the
     /// last entry for a directory wins, and removal forgets them.
     dir_mtimes: BTreeMap<Vec<String>, i64>,
@@ -101,41 +103,78 @@ struct Disk {
     egid: u32,
 }
 
+/// A cached directory.
+struct CachedDir {
+    fd: OwnedFd,
+    /// New entries in it get exactly the process's uid and gid: its group
+    /// is the process's (a new entry gets fsuid and fsgid, or the
+    /// directory's group where it is setgid or the filesystem is mounted
+    /// `grpid`). An entry the layer gives those ids then needs no chown.
+    ours: bool,
+}
+
 impl Disk {
     fn new(root: OwnedFd) -> Self {
+        let egid = rustix::process::getegid().as_raw();
         Disk {
+            root_ours: gives_ids(root.as_fd(), egid),
             root,
             dirs: HashMap::new(),
             dir_mtimes: BTreeMap::new(),
             euid: rustix::process::geteuid().as_raw(),
-            egid: rustix::process::getegid().as_raw(),
+            egid,
         }
     }
 
-    /// A directory fd for `dir` (already resolved, symlink-free).
-    fn dir(&mut self, dir: &[String]) -> io::Result<BorrowedFd<'_>> {
+    /// A directory fd for `dir` (already resolved, symlink-free), and
+    /// whether new entries in it get the process's ids.
+    fn dir(&mut self, dir: &[String]) -> io::Result<(BorrowedFd<'_>, bool)> {
         if dir.is_empty() {
-            return Ok(self.root.as_fd());
+            return Ok((self.root.as_fd(), self.root_ours));
         }
         if !self.dirs.contains_key(dir) {
             let fd = sys::open_dir_path(self.root.as_fd(), &dir.join("/"))?;
-            self.remember(dir, fd);
+            let ours = gives_ids(fd.as_fd(), self.egid);
+            self.remember(dir, fd, ours);
         }
-        Ok(self.dirs[dir].as_fd())
+        let cached = &self.dirs[dir];
+        Ok((cached.fd.as_fd(), cached.ours))
     }
 
     /// Caches `fd` as the directory `dir` (symlink-free: opened below a
     /// cached directory with `O_NOFOLLOW`, or with `RESOLVE_NO_SYMLINKS`).
-    fn remember(&mut self, dir: &[String], fd: OwnedFd) {
+    fn remember(&mut self, dir: &[String], fd: OwnedFd, ours: bool) {
         if self.dirs.len() >= DIR_CACHE {
             self.dirs.clear();
         }
-        self.dirs.insert(dir.to_vec(), fd);
+        self.dirs.insert(dir.to_vec(), CachedDir { fd, ours });
     }
 
     fn split<'p>(&mut self, path: &'p [String]) -> io::Result<(BorrowedFd<'_>, &'p str)> {
+        let (parent, name, _) = self.split_ours(path)?;
+        Ok((parent, name))
+    }
+
+    /// `split`, and whether new entries in the parent get the process's ids.
+    fn split_ours<'p>(
+        &mut self,
+        path: &'p [String],
+    ) -> io::Result<(BorrowedFd<'_>, &'p str, bool)> {
         let (name, parent) = path.split_last().expect("below the root");
-        Ok((self.dir(parent)?, name.as_str()))
+        let (dir, ours) = self.dir(parent)?;
+        Ok((dir, name.as_str(), ours))
+    }
+
+    /// Whether a directory given `meta` (owner and mode set as given) gives
+    /// new entries the process's ids.
+    fn meta_gives_ids(&self, meta: &Meta) -> bool {
+        meta.gid == self.egid
+    }
+
+    /// Whether a new entry made in a directory (`parent_ours`, see
+    /// `CachedDir`) needs a chown to get `meta`'s owner.
+    fn needs_chown(&self, parent_ours: bool, meta: &Meta) -> bool {
+        needs_chown(parent_ours, meta, (self.euid, self.egid))
     }
 
     fn finish_layer(&mut self) -> Result<(), Fault> {
@@ -156,17 +195,24 @@ impl Disk {
     }
 }
 
-/// Owner, mode, xattrs and mtime of an open file or directory. `ids` are
-/// the process's own uid and gid: unprivileged, a chown to them is skipped
-/// (new nodes are ours already), so layers owned by the caller apply.
-fn set_meta_fd(
-    fd: BorrowedFd<'_>,
-    meta: &Meta,
-    with_mtime: bool,
-    ids: (u32, u32),
-) -> io::Result<()> {
+/// Whether a new entry in a directory whose new entries get the process's
+/// `ids` exactly or not (`parent_ours`) needs a chown to get `meta`'s owner.
+fn needs_chown(parent_ours: bool, meta: &Meta, ids: (u32, u32)) -> bool {
+    !parent_ours || (meta.uid, meta.gid) != ids
+}
+
+/// Whether new entries in the directory `fd` get exactly the process's
+/// uid and gid (see `CachedDir::ours`); false where it cannot be told.
+fn gives_ids(fd: BorrowedFd<'_>, egid: u32) -> bool {
+    rfs::fstat(fd).is_ok_and(|st| st.st_gid == egid)
+}
+
+/// Owner (where `chown`), mode, xattrs and mtime of an open file or
+/// directory. A new node already owned as the layer says needs no chown, so
+/// layers owned by an unprivileged caller apply.
+fn set_meta_fd(fd: BorrowedFd<'_>, meta: &Meta, with_mtime: bool, chown: bool) -> io::Result<()> {
     {
-        if ids.0 == 0 || (meta.uid, meta.gid) != ids {
+        if chown {
             rfs::fchown(
                 fd,
                 Some(rfs::Uid::from_raw(meta.uid)),
@@ -273,33 +319,35 @@ impl Target for Disk {
     }
 
     fn make_dir(&mut self, path: &[String], meta: &Meta) -> Result<bool, Fault> {
-        let (dir, name) = self.split(path).op("open parent")?;
+        let (dir, name, parent_ours) = self.split_ours(path).op("open parent")?;
         match rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => return Ok(false),
             Err(e) => return Err(io::Error::from(e)).op("mkdir"),
         }
         let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open dir")?;
-        set_meta_fd(fd.as_fd(), meta, false, (self.euid, self.egid))
-            .op("set directory metadata")?;
+        let chown = self.needs_chown(parent_ours, meta);
+        set_meta_fd(fd.as_fd(), meta, false, chown).op("set directory metadata")?;
         self.dir_mtimes.insert(path.to_vec(), meta.mtime);
         // Its entries come next: keep the fd instead of opening it again.
-        self.remember(path, fd);
+        let ours = self.meta_gives_ids(meta);
+        self.remember(path, fd, ours);
         Ok(true)
     }
 
     fn make_implied_dir(&mut self, path: &[String]) -> Result<(), Fault> {
-        let ids = (self.euid, self.egid);
-        let (dir, name) = self.split(path).op("open parent")?;
+        let meta = rules::implied_dir_meta();
+        let (dir, name, parent_ours) = self.split_ours(path).op("open parent")?;
         rfs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
             .map_err(io::Error::from)
             .op("mkdir")?;
         // Owner and mode explicitly: under a setgid parent, mkdir inherits
         // the parent's group and setgid bit (found by fuzzing).
         let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY).op("open")?;
-        set_meta_fd(fd.as_fd(), &rules::implied_dir_meta(), false, ids)
-            .op("set implied directory owner and mode")?;
-        self.remember(path, fd);
+        let chown = self.needs_chown(parent_ours, &meta);
+        set_meta_fd(fd.as_fd(), &meta, false, chown).op("set implied directory owner and mode")?;
+        let ours = self.meta_gives_ids(&meta);
+        self.remember(path, fd, ours);
         Ok(())
     }
 
@@ -311,9 +359,17 @@ impl Target for Disk {
         )
         .op("open directory")?;
         sys::fclear_xattrs(fd.as_fd()).op("remove old xattrs")?;
-        set_meta_fd(fd.as_fd(), meta, false, (self.euid, self.egid))
-            .op("set directory metadata")?;
+        // An existing directory may have any owner: unprivileged, a chown
+        // to the caller's own ids is left out (it changes nothing there).
+        let chown = self.euid == 0 || (meta.uid, meta.gid) != (self.euid, self.egid);
+        set_meta_fd(fd.as_fd(), meta, false, chown).op("set directory metadata")?;
         self.dir_mtimes.insert(path.to_vec(), meta.mtime);
+        let ours = self.meta_gives_ids(meta);
+        if path.is_empty() {
+            self.root_ours = ours;
+        } else if let Some(cached) = self.dirs.get_mut(path) {
+            cached.ours = ours;
+        }
         Ok(())
     }
 
@@ -324,8 +380,7 @@ impl Target for Disk {
         meta: &Meta,
         data: &mut dyn EntryBody,
     ) -> Result<bool, Fault> {
-        let ids = (self.euid, self.egid);
-        self.make_node_with(path, kind, meta, data, ids)
+        self.make_node_with(path, kind, meta, data)
     }
 
     fn hard_link(&mut self, target: &[String], path: &[String]) -> Result<(), Fault> {
@@ -340,9 +395,10 @@ impl Disk {
         kind: &EntryKind,
         meta: &Meta,
         data: &mut dyn EntryBody,
-        (euid, egid): (u32, u32),
     ) -> Result<bool, Fault> {
-        let (dir, name) = self.split(path).op("open parent")?;
+        let ids = (self.euid, self.egid);
+        let (dir, name, parent_ours) = self.split_ours(path).op("open parent")?;
+        let chown = needs_chown(parent_ours, meta, ids);
         if *kind == EntryKind::File {
             let fd = match rfs::openat(
                 dir,
@@ -356,7 +412,7 @@ impl Disk {
             };
             let mut file = File::from(fd);
             data.write_to(&mut file).op("write file")?;
-            set_meta_fd(file.as_fd(), meta, true, (euid, egid)).op("set file metadata")?;
+            set_meta_fd(file.as_fd(), meta, true, chown).op("set file metadata")?;
             return Ok(true);
         }
         let created = match kind {
@@ -389,7 +445,7 @@ impl Disk {
             Err(rustix::io::Errno::EXIST) => return Ok(false),
             Err(e) => return Err(io::Error::from(e)).op("create node"),
         }
-        if euid == 0 || (meta.uid, meta.gid) != (euid, egid) {
+        if chown {
             rfs::chownat(
                 dir,
                 name,

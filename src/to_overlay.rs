@@ -309,11 +309,12 @@ impl MemTree {
             .op("mkdir layer")?;
         let root = sys::open_entry(self.out.as_fd(), &name, OFlags::PATH | OFlags::DIRECTORY)
             .op("open layer")?;
-        // A file gets the creator's fsuid and, unless its directory is setgid
-        // (or the filesystem mounted `grpid`), fsgid. Files are placed below
-        // directories made here, 0700 and chowned only when the layer is
-        // emitted: if the layer root is ours and not setgid, so are they, and
-        // a file owned by the process needs no fchown.
+        // A file gets the creator's fsuid and fsgid, or its directory's group
+        // where that is setgid or the filesystem is mounted `grpid`. Files are
+        // placed below directories made here, which inherit the layer root's
+        // group and are chowned only when the layer is emitted: if the layer
+        // root's group is the process's, a file owned by the process needs
+        // no fchown.
         let stat = rfs::fstat(&root)
             .map_err(io::Error::from)
             .op("stat layer")?;
@@ -321,9 +322,7 @@ impl MemTree {
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         );
-        self.new_file_ids = (!Mode::from_raw_mode(stat.st_mode).contains(Mode::SGID)
-            && stat.st_gid == ids.1)
-            .then_some(ids);
+        self.new_file_ids = (stat.st_gid == ids.1).then_some(ids);
         self.layer = Some(LayerDir {
             root,
             fds: HashMap::new(),

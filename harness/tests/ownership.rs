@@ -32,6 +32,15 @@ fn layer() -> Vec<u8> {
         },
         file("d/f"),
         file("implied/g"),
+        // A setgid directory of the layer's own, of another group.
+        TarEntry {
+            path: "sg/".into(),
+            kind: EntryType::Dir,
+            mode: Some("2775".into()),
+            gid: SHARED_GID,
+            ..Default::default()
+        },
+        file("sg/h"),
     ])
     .unwrap()
 }
@@ -48,7 +57,7 @@ fn setgid_parent() -> tempfile::TempDir {
 }
 
 fn assert_root_owned(root: &Path) {
-    for name in ["top", "d", "d/f", "implied", "implied/g"] {
+    for name in ["top", "d", "d/f", "implied", "implied/g", "sg/h"] {
         let meta = std::fs::symlink_metadata(root.join(name)).unwrap();
         assert_eq!(
             (meta.uid(), meta.gid()),
