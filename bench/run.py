@@ -6,7 +6,8 @@
 Inputs are copied to a private tmpfs and every output goes to that tmpfs, so neither side touches
 a disk. Commands compared with each other run round-robin (one warm-up round, then RUNS rounds),
 each under `/usr/bin/time -f '%e %U %S %M'` for CPU time and peak RSS; wall time is measured
-around it with a monotonic clock. Figures are the median over the runs, with min and max.
+around it with a monotonic clock. Times are the median over the runs, with min and max; a ratio
+is the median of the rounds' ratios, each taken between two commands of the same round.
 """
 import argparse
 import datetime
@@ -122,7 +123,8 @@ def bench_group(title, cmds):
         xs = samples[key]
         res[key] = {"label": label, "cmd": " ".join(argv).replace(T + "/", ""),
                     "wall": stats([x[0] for x in xs]), "cpu": stats([x[1] for x in xs]),
-                    "rss_kib": stats([x[2] for x in xs])}
+                    "rss_kib": stats([x[2] for x in xs]),
+                    "rounds": {"wall": [x[0] for x in xs], "cpu": [x[1] for x in xs]}}
         r = res[key]
         say(f"  {label:34} wall {r['wall']['median']:7.3f}s  cpu {r['cpu']['median']:7.3f}s  "
             f"rss {r['rss_kib']['max'] / 1024:7.1f} MB")
@@ -259,26 +261,31 @@ else:
 
 
 # ---- report ---------------------------------------------------------------------------------
-def med(k, what="wall"):
-    return R[k][what]["median"]
-
-
 rows = []  # (what, ratio text, target, verdict, detail)
 
 
+def paired(num, den, what="wall"):
+    """The median and quartiles of the rounds' ratios num/den: each round ran both commands one
+    after the other, so a ratio within a round cancels the machine's drift between rounds
+    (tar's own median moves by 20% between runs of the bench here)."""
+    rs = [a / b for a, b in zip(R[num]["rounds"][what], R[den]["rounds"][what])]
+    q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
+    return statistics.median(rs), q[0], q[2]
+
+
 def ratio_row(what, num, den, target, ok):
-    r = med(num) / med(den)
-    rc = med(num, "cpu") / med(den, "cpu")
-    rows.append((what, f"{r:.2f}x", f"cpu {rc:.2f}x", target, "met" if ok(r) else "MISSED"))
+    r, lo, hi = paired(num, den)
+    rc, _, _ = paired(num, den, "cpu")
+    rows.append((what, f"{r:.2f}x ({lo:.2f}-{hi:.2f})", f"cpu {rc:.2f}x", target, "met" if ok(r) else "MISSED"))
 
 
 ratio_row("apply base.tar / tar -xf", "apply", "tar", "<= 1.0x", lambda r: r <= 1.0)
 ratio_row("convert base.tar / tar -xf", "convert", "tar", "<= 1.0x", lambda r: r <= 1.0)
 ratio_row("apply base.tar.gz / tar -xzf", "apply_gz", "tar_gz", "<= 0.30x", lambda r: r <= 0.30)
 ratio_row("convert base.tar.gz / tar -xzf", "convert_gz", "tar_gz", "<= 0.8x", lambda r: r <= 0.8)
-sp = med("umoci") / med("apply_img")
-rows.append(("umoci unpack / apply (6 layers)", f"{sp:.2f}x faster",
-             f"cpu {med('umoci', 'cpu') / med('apply_img', 'cpu'):.2f}x", ">= 5x faster", "met" if sp >= 5 else "MISSED"))
+sp, lo, hi = paired("umoci", "apply_img")
+rows.append(("umoci unpack / apply (6 layers)", f"{sp:.2f}x faster ({lo:.2f}-{hi:.2f})",
+             f"cpu {paired('umoci', 'apply_img', 'cpu')[0]:.2f}x", ">= 5x faster", "met" if sp >= 5 else "MISSED"))
 ratio_row("apply 6 layers / sum tar -xzf", "apply_img", "tar_img", "(info)", lambda r: True)
 rows[-1] = rows[-1][:4] + ("-",)
 ratio_row("convert 6 layers / sum tar -xzf", "convert_img", "tar_img", "(info)", lambda r: True)
@@ -375,7 +382,7 @@ p = R["prop"]
 detail.append((p["label"], fmt_s(p["wall"]), fmt_s(p["cpu"]), f"{p['rss_kib']['max'] / 1024:.1f}"))
 
 others_t = ", ".join(f"{k.split(' (')[0]} {v:.2f}" for k, v in OTHERS.items())
-ratios_t = table(["ratio (lower is better)", "wall", "cpu", "target", "result"], rows)
+ratios_t = table(["ratio (lower is better)", "wall (quartiles)", "cpu", "target", "result"], rows)
 
 sys_t = "skipped (strace missing)"
 if SYS:
@@ -435,8 +442,10 @@ report = f"""# overlayer bench results
 - date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}, commit {rev or '?'}{' with uncommitted changes in src/, harness/ or Cargo files' if dirty else ''}
 - machine: {machine}; other CPU use just before the run {BUSY0:.2f} cores, load average {LOAD0} before and {LOAD1} after (the bench included)
 - data: {sizes()}
-- method: inputs and outputs on tmpfs; median of {A.runs} runs (after 1 warm-up round, commands
-  of a group round-robin) with (min-max); CPU = user+sys and peak RSS from `/usr/bin/time`;
+- method: inputs and outputs on tmpfs; {A.runs} rounds after 1 warm-up round, each round runs
+  every command of its group once, one after the other; a ratio is the median (and quartiles)
+  of the rounds' ratios, each taken within one round; times are medians with (min-max);
+  CPU = user+sys and peak RSS from `/usr/bin/time`;
   tar runs as root with `--numeric-owner --xattrs --xattrs-include=*`; the 6-layer tar baseline
   extracts each layer in order and does not process whiteouts
 - other processes' CPU use during each group (machine busy time minus the bench's own, in cores;
