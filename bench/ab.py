@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Interleaved A/B timing of overlayer builds (and tar) on one layer, for changes too small for
-`make bench` to tell apart from the machine's noise.
+"""Interleaved A/B timing of overlayer builds (and tar) on a layer or a stack, for changes too small
+for `make bench` to tell apart from the machine's noise.
 
-    unshare -m --propagation private bench/ab.py [--layer base.tar] [--runs 10] SPEC...
+    unshare -m --propagation private bench/ab.py [--layer base.tar[,layer1.tar.gz...]] [--runs 10] SPEC...
 
 SPEC is `tar`, or `apply:BIN` / `convert:BIN` (BIN an overlayer binary, e.g. a copy of
-target/release/overlayer from before a change). The layer (from bench/cache/, made by `make bench`)
-is copied to a private tmpfs; every round runs each SPEC once, in order, on a clean output, after the
+target/release/overlayer from before a change); tar extracts the layers one after the other
+(compression detected, whiteouts not processed). The layers (from bench/cache/, made by `make bench`)
+are copied to a private tmpfs; every round runs each SPEC once, in order, on a clean output, after the
 same 0.3 s pause as run.py. Prints the median and min wall time and the median user and sys time
 of each SPEC over the rounds after the first (a warm-up), then the median and quartiles of each
 round's ratio of every other SPEC to the first.
@@ -23,7 +24,8 @@ from private_mounts import require_private_mounts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 P = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-P.add_argument("--layer", default="base.tar", help="a file in bench/cache/ (default base.tar)")
+P.add_argument("--layer", default="base.tar",
+               help="files in bench/cache/, bottom first, comma-separated (default base.tar)")
 P.add_argument("--runs", type=int, default=10, help="timed rounds after one warm-up (default 10)")
 P.add_argument("specs", nargs="+", metavar="SPEC")
 A = P.parse_args()
@@ -31,16 +33,17 @@ A = P.parse_args()
 for spec in A.specs:
     if spec != "tar" and (":" not in spec or spec.split(":", 1)[0] not in ("apply", "convert")):
         sys.exit(f"ab.py: {spec!r}: expected tar, apply:BIN or convert:BIN")
-src = os.path.join(HERE, "cache", A.layer)
-if not os.path.isfile(src):
-    sys.exit(f"ab.py: {src} is missing: run `make bench` once to make the data")
+names = A.layer.split(",")
+for name in names:
+    if not os.path.isfile(os.path.join(HERE, "cache", name)):
+        sys.exit(f"ab.py: bench/cache/{name} is missing: run `make bench` once to make the data")
 require_private_mounts("ab.py")
 
 T = tempfile.mkdtemp(prefix="overlayer-ab-")
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g,mode=0755", "overlayer-ab", T], check=True)
 try:
-    layer = os.path.join(T, A.layer)
-    subprocess.run(["cp", src, layer], check=True)
+    layers = [os.path.join(T, name) for name in names]
+    subprocess.run(["cp"] + [os.path.join(HERE, "cache", name) for name in names] + [T], check=True)
     out = os.path.join(T, "out")
     samples = {spec: [] for spec in A.specs}
     for rnd in range(A.runs + 1):
@@ -48,11 +51,12 @@ try:
             subprocess.run(["rm", "-rf", out], check=True)
             if spec == "tar":
                 os.makedirs(out)
-                z = "-xzf" if A.layer.endswith("gz") else "-xf"
-                cmd = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", z, layer, "-C", out]
+                # Layer after layer, whiteouts left as files: the baseline, not a rootfs.
+                tar = "tar --numeric-owner --xattrs --xattrs-include='*' -C \"$0\" -xf"
+                cmd = ["sh", "-c", " && ".join(f'{tar} "${i + 1}"' for i in range(len(layers))), out] + layers
             else:
                 what, binary = spec.split(":", 1)
-                cmd = [binary, what, layer, "--out", out]
+                cmd = [binary, what] + layers + ["--out", out]
             time.sleep(0.3)
             t0 = time.perf_counter()
             child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=T)

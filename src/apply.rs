@@ -16,7 +16,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use crate::error::{Error, Fault, IoOp, Result};
 use crate::fast_hash::{HashMap, HashMapExt};
-use crate::layer::{EntryBody, EntryKind, LayerInput, Meta, StackReader};
+use crate::layer::{EntryBody, EntryKind, LayerInput, Meta, Ready, StackReader};
 use crate::limits::{ReadOptions, Summary};
 use crate::output::Staged;
 use crate::rules::{self, Kind, LayerRules, Target};
@@ -58,9 +58,10 @@ pub fn apply_into<R: LayerInput>(
     sys::reserve_fd_table();
     let mut disk = Disk::new(root_fd);
     let mut stack = StackReader::new(*opts);
-    for (index, reader) in layers.into_iter().enumerate() {
-        apply_layer(&mut disk, &mut stack, index, reader)?;
-    }
+    let mut layers = layers;
+    stack.read_stack(&mut layers, |stack, index, layer| {
+        apply_layer(&mut disk, stack, index, layer)
+    })?;
     Ok(stack.summary())
 }
 
@@ -68,10 +69,10 @@ fn apply_layer<R: LayerInput>(
     disk: &mut Disk,
     stack: &mut StackReader,
     index: usize,
-    reader: R,
+    layer: Ready<'_, R>,
 ) -> Result<()> {
     let mut rules = LayerRules::new(disk);
-    stack.read_layer(index, reader, |entry, data| {
+    stack.read_ready(index, layer, |entry, data| {
         rules
             .entry(entry, data)
             .map_err(|f| f.at(index, &entry.name))

@@ -38,9 +38,10 @@ struct LayerIndex {
 pub fn hidden<R: LayerInput>(layers: Vec<R>, opts: &ReadOptions) -> Result<Vec<Hidden>> {
     let mut stack = StackReader::new(*opts);
     let mut index: Vec<LayerIndex> = Vec::new();
-    for (i, reader) in layers.into_iter().enumerate() {
+    let mut layers = layers;
+    stack.read_stack(&mut layers, |stack, i, layer| {
         let mut li = LayerIndex::default();
-        stack.read_layer(i, reader, |entry, data| {
+        stack.read_ready(i, layer, |entry, data| {
             match &entry.kind {
                 EntryKind::Whiteout => li.whiteouts.push(entry.path.clone()),
                 EntryKind::Opaque => li.opaques.push(entry.path.clone()),
@@ -59,7 +60,8 @@ pub fn hidden<R: LayerInput>(layers: Vec<R>, opts: &ReadOptions) -> Result<Vec<H
             Ok(())
         })?;
         index.push(li);
-    }
+        Ok(())
+    })?;
     let mut out = Vec::new();
     for (i, li) in index.iter().enumerate() {
         for (path, size) in &li.written {

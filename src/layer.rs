@@ -56,6 +56,10 @@ impl Compression {
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight: the inflater runs at most this far ahead (4 MiB).
 const CHUNKS_AHEAD: usize = 16;
+/// Chunks a stack's next layer inflates ahead while the one before it is
+/// read (16 MiB): enough for most layers above a base to be inflated by the
+/// time they are read.
+const CHUNKS_READ_AHEAD: usize = 64;
 /// Read chunks handed back for reuse: a fresh 256 KiB buffer is a fresh
 /// mapping, faulted in and zeroed page by page.
 const CHUNKS_SPARE: usize = 2;
@@ -67,6 +71,85 @@ struct Inflated {
     spare: std::sync::mpsc::SyncSender<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
+}
+
+impl Inflated {
+    /// Starts inflating `buffered` (decompressor by magic) on a thread of
+    /// `scope`; dropping the result stops the thread.
+    fn start<'scope, B: Read + Send + 'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        buffered: B,
+        ahead: usize,
+    ) -> Inflated {
+        let (tx, rx) = std::sync::mpsc::sync_channel(ahead);
+        let (spare, spare_rx) = std::sync::mpsc::sync_channel(CHUNKS_SPARE);
+        scope.spawn(move || match decompress(buffered) {
+            Ok(dec) => inflate_into(dec, tx, spare_rx),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        });
+        Inflated {
+            rx,
+            spare,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// A reading end that yields `error`.
+    fn failed(error: io::Error) -> Inflated {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (spare, _) = std::sync::mpsc::sync_channel(0);
+        let _ = tx.send(Err(error));
+        Inflated {
+            rx,
+            spare,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+/// A layer of a stack, ready to read with [`StackReader::read_ready`]: as
+/// given, or a compressed regular file already inflating.
+pub struct Ready<'a, R>(ReadyKind<'a, R>);
+
+enum ReadyKind<'a, R> {
+    Input(&'a mut R),
+    Inflating(Inflated),
+}
+
+impl<'env, R: LayerInput> Ready<'env, R> {
+    /// Starts inflating `layer` if it is a gzip regular file. Other inputs
+    /// wait for their turn: a pipe's first read could block, a plain file
+    /// is read by the writer itself, and zstd inflates faster than its
+    /// entries are written while its decoder may hold a window of up to
+    /// 128 MiB (two at once would double that). A layer that cannot be
+    /// peeked at is left for `read_layer` to report in its turn.
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        layer: &'env mut R,
+        ahead: usize,
+    ) -> Ready<'env, R> {
+        let Some(file) = layer.regular_file() else {
+            return Ready(ReadyKind::Input(layer));
+        };
+        let mut head = [0; ZSTD_MAGIC.len()];
+        let gzip = source::peek(file, &mut head)
+            .is_ok_and(|n| Compression::detect(&head[..n]) == Compression::Gzip);
+        if !gzip {
+            return Ready(ReadyKind::Input(layer));
+        }
+        let layer: &'env R = layer;
+        let inflated = match layer.regular_file() {
+            Some(file) => Inflated::start(scope, BufReader::with_capacity(CHUNK, file), ahead),
+            None => Inflated::failed(io::Error::other(
+                "the layer input stopped being a regular file",
+            )),
+        };
+        Ready(ReadyKind::Inflating(inflated))
+    }
 }
 
 impl BufRead for Inflated {
@@ -350,6 +433,71 @@ impl StackReader {
                 self.read_buffered(layer, buffered, &trip, &mut last, &mut visit)
             }
         };
+        self.layer_result(layer, result, &trip, last)
+    }
+
+    /// Reads `layers` bottom first: `each(self, index, layer)` reads one
+    /// with [`StackReader::read_ready`]; the first error ends the stack.
+    ///
+    /// While a layer is read, the next one, if it is a gzip regular file, is
+    /// already inflating on a thread of its own, at most
+    /// [`CHUNKS_READ_AHEAD`] chunks ahead: inflating is the slow half of a
+    /// gzip layer, and the writer, waiting for it, leaves a core free.
+    pub fn read_stack<R, F>(&mut self, layers: &mut [R], mut each: F) -> Result<()>
+    where
+        R: LayerInput,
+        F: FnMut(&mut Self, usize, Ready<'_, R>) -> Result<()>,
+    {
+        std::thread::scope(|scope| {
+            let mut rest = layers.iter_mut();
+            let first = rest.next();
+            let mut next = first.map(|layer| Ready::start(scope, layer, CHUNKS_AHEAD));
+            let mut index = 0;
+            while let Some(current) = next.take() {
+                next = rest
+                    .next()
+                    .map(|layer| Ready::start(scope, layer, CHUNKS_READ_AHEAD));
+                // On an error the next layer's reading end is dropped here,
+                // which stops its inflater before the scope joins it.
+                each(self, index, current)?;
+                index += 1;
+            }
+            Ok(())
+        })
+    }
+
+    /// [`StackReader::read_layer`] for a layer [`StackReader::read_stack`]
+    /// handed out.
+    pub fn read_ready<R, F>(
+        &mut self,
+        layer: usize,
+        ready: Ready<'_, R>,
+        mut visit: F,
+    ) -> Result<()>
+    where
+        R: LayerInput,
+        F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
+    {
+        match ready.0 {
+            ReadyKind::Input(reader) => self.read_layer(layer, reader, visit),
+            ReadyKind::Inflating(inflated) => {
+                let trip = Rc::new(Cell::new(None));
+                let mut last = String::from("<archive start>");
+                let result = self.read_entries(layer, inflated, &trip, &mut last, &mut visit);
+                self.layer_result(layer, result, &trip, last)
+            }
+        }
+    }
+
+    /// A layer's error as the reader saw it: a cancelled read or a broken
+    /// byte limit ends the layer with an error of its own.
+    fn layer_result(
+        &self,
+        layer: usize,
+        result: Result<()>,
+        trip: &Cell<Option<Trip>>,
+        last: String,
+    ) -> Result<()> {
         match (result, trip.get()) {
             (Ok(()), _) => Ok(()),
             // A signal handler may set the flag just after the read it
@@ -414,20 +562,7 @@ impl StackReader {
             return self.read_entries(layer, buffered, trip, last, visit);
         }
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
-            let (spare, spare_rx) = std::sync::mpsc::sync_channel(CHUNKS_SPARE);
-            scope.spawn(move || match decompress(buffered) {
-                Ok(dec) => inflate_into(dec, tx, spare_rx),
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            });
-            let inflated = Inflated {
-                rx,
-                spare,
-                chunk: Vec::new(),
-                pos: 0,
-            };
+            let inflated = Inflated::start(scope, buffered, CHUNKS_AHEAD);
             // `inflated` is dropped when read_entries returns, which
             // stops the inflater before the scope joins it.
             self.read_entries(layer, inflated, trip, last, visit)

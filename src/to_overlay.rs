@@ -142,10 +142,11 @@ fn convert_layers<R: LayerInput>(
     let mut tree = MemTree::new(staging_fd, tree_out);
     let mut dirs = Vec::new();
     let mut stack = StackReader::new(opts.read);
-    for (index, reader) in layers.into_iter().enumerate() {
+    let mut layers = layers;
+    stack.read_stack(&mut layers, |stack, index, layer| {
         tree.start_layer(index).map_err(|f| f.at(index, "."))?;
         let mut rules = LayerRules::new(&mut tree);
-        stack.read_layer(index, reader, |entry, data| {
+        stack.read_ready(index, layer, |entry, data| {
             rules
                 .entry(entry, data)
                 .map_err(|f| f.at(index, &entry.name))
@@ -172,7 +173,8 @@ fn convert_layers<R: LayerInput>(
         tree.content.extend(moved);
         tree.finish_layer(index);
         dirs.push(layer_dir);
-    }
+        Ok(())
+    })?;
     Ok(Converted {
         layers: dirs,
         summary: stack.summary(),
