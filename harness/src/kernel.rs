@@ -334,10 +334,11 @@ impl Scratch {
 /// Converts `tars` into `work/l`; on a refusal the work directory is
 /// removed and the library's error returned.
 ///
-/// The layers are read from files (`work/N.tar`), as the command reads
-/// them, while [`Oracle::apply_view`] reads them from memory: every case
-/// and generated stack compares the two input paths too (`pread` and
-/// `copy_file_range` against a buffered reader).
+/// The layers are read from files, as the command reads them, while
+/// [`Oracle::apply_view`] reads them from memory: every case and generated
+/// stack compares the input paths too. Even layers are plain (`work/N.tar`:
+/// `pread` and `copy_file_range`), odd ones gzip (`work/N.tar.gz`: inflated
+/// ahead while the layer below is read) against one buffered reader.
 fn convert_in(
     work: &Path,
     tars: &[Vec<u8>],
@@ -345,11 +346,29 @@ fn convert_in(
 ) -> Result<overlayer::Result<overlayer::Converted>> {
     let mut files = Vec::with_capacity(tars.len());
     for (i, tar) in tars.iter().enumerate() {
-        let path = work.join(format!("{i}.tar"));
-        let file = std::fs::write(&path, tar).and_then(|()| std::fs::File::open(&path));
+        let (path, bytes) = if i % 2 == 0 {
+            (
+                work.join(format!("{i}.tar")),
+                std::borrow::Cow::Borrowed(&tar[..]),
+            )
+        } else {
+            (
+                work.join(format!("{i}.tar.gz")),
+                std::borrow::Cow::Owned(gzip(tar)?),
+            )
+        };
+        let file = std::fs::write(&path, &bytes).and_then(|()| std::fs::File::open(&path));
         files.push(file.with_context(|| format!("write layer {}", path.display()))?);
     }
     Ok(overlayer::convert_to_new_dir(files, &work.join("l"), opts).inspect_err(|_| remove(work)))
+}
+
+/// `tar` gzip-compressed at the fastest level.
+fn gzip(tar: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(tar)?;
+    Ok(enc.finish()?)
 }
 
 fn remove(dir: &Path) {
