@@ -244,20 +244,52 @@ fn kind_of(stat: &rfs::Stat) -> Kind {
 /// says EISDIR open and empty the directory (no stat per entry).
 pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     match rfs::unlinkat(dir, name, AtFlags::empty()) {
-        Err(rustix::io::Errno::ISDIR) => {}
-        other => return other.map_err(io::Error::from),
+        Err(rustix::io::Errno::ISDIR) => remove_dir_at(dir, name),
+        other => other.map_err(io::Error::from),
     }
-    let fd = sys::open_entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
-    for child in read_names(fd.as_fd())? {
-        remove_at(fd.as_fd(), &child)?;
+}
+
+/// Empties and removes the directory `name` of `dir`. A child's type comes
+/// with its name from `getdents`, so a non-directory costs one `unlinkat`
+/// and a directory no failed one.
+fn remove_dir_at<P: rustix::path::Arg + Copy>(dir: BorrowedFd<'_>, name: P) -> io::Result<()> {
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut listing = rfs::Dir::new(fd)?;
+    // Listed before anything goes: a directory changed while read may
+    // skip or repeat names.
+    let mut children = Vec::new();
+    for item in &mut listing {
+        let item = item?;
+        let name = item.file_name();
+        if !matches!(name.to_bytes(), b"." | b"..") {
+            children.push((name.to_owned(), item.file_type()));
+        }
     }
+    let here = listing.fd()?;
+    for (child, kind) in &children {
+        let child = child.as_c_str();
+        match kind {
+            rfs::FileType::Directory => remove_dir_at(here, child)?,
+            rfs::FileType::Unknown => match rfs::unlinkat(here, child, AtFlags::empty()) {
+                Err(rustix::io::Errno::ISDIR) => remove_dir_at(here, child)?,
+                other => other?,
+            },
+            _ => rfs::unlinkat(here, child, AtFlags::empty())?,
+        }
+    }
+    drop(listing);
     rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
     Ok(())
 }
 
-fn read_names(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+fn read_names(fd: OwnedFd) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
-    for item in rfs::Dir::read_from(dir)? {
+    for item in rfs::Dir::new(fd)? {
         let item = item?;
         let name = item.file_name().to_bytes();
         if name == b"." || name == b".." {
@@ -304,7 +336,7 @@ impl Target for Disk {
             OFlags::RDONLY | OFlags::DIRECTORY,
         )
         .op("open directory")?;
-        read_names(fd.as_fd()).op("read directory")
+        read_names(fd).op("read directory")
     }
 
     fn remove_all(&mut self, path: &[String]) -> Result<(), Fault> {
@@ -480,5 +512,47 @@ impl Disk {
         rfs::linkat(&tdir, tname.as_str(), dir, name, AtFlags::empty())
             .map_err(io::Error::from)
             .op("link")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    #[test]
+    fn remove_at_removes_a_tree_without_following_its_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "x").unwrap();
+        let root = tmp.path().join("root");
+        let d = root.join("d");
+        std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+        std::fs::write(d.join("sub/deeper/f"), "x").unwrap();
+        std::fs::write(d.join("f"), "x").unwrap();
+        // A name that is not UTF-8 is removed by its bytes.
+        std::fs::write(d.join(OsStr::from_bytes(b"caf\xe9")), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("to-outside")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("sub/to-outside")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let root_fd = rfs::open(&root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        remove_at(root_fd.as_fd(), "d").unwrap();
+        assert!(!d.exists(), "tree left");
+        assert!(outside.join("keep").exists(), "followed a symlink");
+        // A non-directory goes with one call, and a missing name is an error.
+        std::fs::write(root.join("file"), "x").unwrap();
+        remove_at(root_fd.as_fd(), "file").unwrap();
+        assert!(!root.join("file").exists());
+        assert!(remove_at(root_fd.as_fd(), "file").is_err());
     }
 }
