@@ -17,6 +17,7 @@ pub mod error;
 mod fast_hash;
 pub mod hidden;
 pub mod image;
+mod inflate;
 pub mod layer;
 pub mod limits;
 pub mod lower;
