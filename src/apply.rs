@@ -272,32 +272,23 @@ fn remove_dir_at<P: rustix::path::Arg + Copy>(dir: BorrowedFd<'_>, name: P) -> i
     }
     let here = listing.fd()?;
     for (child, kind) in &children {
-        let child = child.as_c_str();
-        match kind {
-            rfs::FileType::Directory => remove_dir_at(here, child)?,
-            rfs::FileType::Unknown => match rfs::unlinkat(here, child, AtFlags::empty()) {
-                Err(rustix::io::Errno::ISDIR) => remove_dir_at(here, child)?,
-                other => other?,
-            },
-            _ => rfs::unlinkat(here, child, AtFlags::empty())?,
-        }
+        remove_child(here, child.as_c_str(), *kind)?;
     }
     drop(listing);
     rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
     Ok(())
 }
 
-fn read_names(fd: OwnedFd) -> io::Result<Vec<String>> {
-    let mut names = Vec::new();
-    for item in rfs::Dir::new(fd)? {
-        let item = item?;
-        let name = item.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        names.push(String::from_utf8_lossy(name).into_owned());
+/// Removes `name` of `dir`, of the type `getdents` gave.
+fn remove_child(dir: BorrowedFd<'_>, name: &std::ffi::CStr, kind: rfs::FileType) -> io::Result<()> {
+    match kind {
+        rfs::FileType::Directory => remove_dir_at(dir, name),
+        rfs::FileType::Unknown => match rfs::unlinkat(dir, name, AtFlags::empty()) {
+            Err(rustix::io::Errno::ISDIR) => remove_dir_at(dir, name),
+            other => Ok(other?),
+        },
+        _ => Ok(rfs::unlinkat(dir, name, AtFlags::empty())?),
     }
-    Ok(names)
 }
 
 impl Target for Disk {
@@ -329,6 +320,9 @@ impl Target for Disk {
         Ok(String::from_utf8_lossy(target.as_bytes()).into_owned())
     }
 
+    /// A name that is not UTF-8 (which `apply_into` can meet in a tree a
+    /// layer did not write) is lower content by definition, as no entry can
+    /// name it: it is removed here, where its bytes are at hand.
     fn children(&mut self, path: &[String]) -> Result<Vec<String>, Fault> {
         let fd = sys::open_beneath(
             self.root.as_fd(),
@@ -336,7 +330,29 @@ impl Target for Disk {
             OFlags::RDONLY | OFlags::DIRECTORY,
         )
         .op("open directory")?;
-        read_names(fd).op("read directory")
+        let mut listing = rfs::Dir::new(fd)
+            .map_err(io::Error::from)
+            .op("read directory")?;
+        let mut names = Vec::new();
+        let mut foreign = Vec::new();
+        for item in &mut listing {
+            let item = item.map_err(io::Error::from).op("read directory")?;
+            let name = item.file_name();
+            match std::str::from_utf8(name.to_bytes()) {
+                Ok("." | "..") => {}
+                Ok(text) => names.push(text.to_string()),
+                Err(_) => foreign.push((name.to_owned(), item.file_type())),
+            }
+        }
+        if !foreign.is_empty() {
+            let here = listing.fd().map_err(io::Error::from).op("read directory")?;
+            for (name, kind) in &foreign {
+                remove_child(here, name.as_c_str(), *kind).op("remove")?;
+            }
+            // No cached fd or mtime lies below them: their paths have no
+            // String form.
+        }
+        Ok(names)
     }
 
     fn remove_all(&mut self, path: &[String]) -> Result<(), Fault> {
@@ -554,5 +570,58 @@ mod tests {
         remove_at(root_fd.as_fd(), "file").unwrap();
         assert!(!root.join("file").exists());
         assert!(remove_at(root_fd.as_fd(), "file").is_err());
+    }
+
+    fn layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, body) in entries {
+            let mut h = tar::Header::new_gnu();
+            if let Some(dir) = path.strip_suffix('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, dir, &[][..]).unwrap();
+            } else {
+                h.set_mode(0o644);
+                h.set_size(body.len() as u64);
+                b.append_data(&mut h, path, *body).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// A tree `apply_into` writes over may hold names no layer can carry
+    /// (not UTF-8): they are lower content, and markers remove them.
+    #[test]
+    fn markers_remove_names_that_are_not_utf8() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for dir in ["opq", "wh/gone"] {
+            let dir = root.join(dir);
+            std::fs::create_dir_all(dir.join(OsStr::from_bytes(b"d\xe9j\xe0"))).unwrap();
+            std::fs::write(dir.join(OsStr::from_bytes(b"caf\xe9")), "x").unwrap();
+            std::fs::write(dir.join(OsStr::from_bytes(b"d\xe9j\xe0/f")), "x").unwrap();
+            std::fs::write(dir.join("old"), "x").unwrap();
+        }
+        let top = layer(&[
+            ("opq/", b""),
+            ("opq/.wh..wh..opq", b""),
+            ("opq/new", b"n"),
+            // `wh/gone` is written by this layer and whited out: its lower
+            // content goes, what the layer put there stays.
+            ("wh/gone/mine", b"m"),
+            ("wh/.wh.gone", b""),
+        ]);
+        apply_into(vec![&top[..]], root, &ReadOptions::default()).unwrap();
+        let names = |dir: &str| {
+            let mut v: Vec<_> = std::fs::read_dir(root.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("opq"), ["new"]);
+        assert_eq!(names("wh/gone"), ["mine"]);
     }
 }
