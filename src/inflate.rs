@@ -34,6 +34,9 @@ impl Compression {
 
 /// Inflated chunks handed from the inflating thread to the reading one.
 pub(crate) const CHUNK: usize = 256 * 1024;
+/// The first chunk an inflater makes; each next fresh one is twice as
+/// large, up to [`CHUNK`].
+const FIRST_CHUNK: usize = 16 * 1024;
 /// Chunks in flight: the inflater runs at most this far ahead (4 MiB).
 pub(crate) const CHUNKS_AHEAD: usize = 16;
 /// Chunks a stack's next layer inflates ahead while the one before it is
@@ -56,14 +59,14 @@ pub(crate) struct Inflated {
 impl Inflated {
     /// Starts inflating `buffered` (decompressor by magic) on a thread of
     /// `scope`; dropping the result stops the thread.
-    pub(crate) fn start<'scope, B: Read + Send + 'scope>(
+    pub(crate) fn start<'scope, B: BufRead + Send + 'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         buffered: B,
         ahead: usize,
     ) -> Inflated {
         let (tx, rx) = std::sync::mpsc::sync_channel(ahead);
         let (spare, spare_rx) = std::sync::mpsc::sync_channel(CHUNKS_SPARE);
-        scope.spawn(move || match decompress(buffered) {
+        scope.spawn(move || match decompress_buffered(buffered) {
             Ok(dec) => inflate_into(dec, tx, spare_rx),
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -124,7 +127,7 @@ impl<'env, R: LayerInput> Ready<'env, R> {
         }
         let layer: &'env R = layer;
         let inflated = match layer.regular_file() {
-            Some(file) => Inflated::start(scope, BufReader::with_capacity(CHUNK, file), ahead),
+            Some(file) => Inflated::start(scope, file_buffer(file), ahead),
             None => Inflated::failed(io::Error::other(
                 "the layer input stopped being a regular file",
             )),
@@ -176,9 +179,19 @@ fn inflate_into(
     tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
+    // Fresh chunks start small and double: a small layer's few KiB should
+    // not cost a zeroed 256 KiB mapping.
+    let mut fresh = FIRST_CHUNK;
     loop {
-        let mut chunk = spare.try_recv().unwrap_or_default();
-        chunk.resize(CHUNK, 0);
+        let (mut chunk, len) = match spare.try_recv() {
+            Ok(chunk) => (chunk, CHUNK),
+            Err(_) => {
+                let len = fresh;
+                fresh = (fresh * 2).min(CHUNK);
+                (Vec::with_capacity(len), len)
+            }
+        };
+        chunk.resize(len, 0);
         match dec.read(&mut chunk) {
             Ok(0) => return,
             Ok(n) => {
@@ -198,11 +211,28 @@ fn inflate_into(
 
 /// Wraps `reader` in the decompressor its magic bytes call for.
 pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
-    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    decompress_buffered(BufReader::with_capacity(CHUNK, reader))
+}
+
+/// [`decompress`] for a reader with a buffer of its own.
+fn decompress_buffered<'a, B: BufRead + 'a>(mut buffered: B) -> io::Result<Box<dyn Read + 'a>> {
     let head = buffered.fill_buf()?;
     Ok(match Compression::detect(head) {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
     })
+}
+
+/// A buffered reader of a compressed layer in a file, from its position:
+/// no larger than what is left of it, as a small layer's buffer would be
+/// mapped and faulted in only to hold a few KiB.
+pub(crate) fn file_buffer(file: &std::fs::File) -> BufReader<&std::fs::File> {
+    let left = file
+        .metadata()
+        .ok()
+        .zip(io::Seek::stream_position(&mut &*file).ok())
+        .map_or(CHUNK as u64, |(m, at)| m.len().saturating_sub(at));
+    // At least a page, so a file that grows while read still streams.
+    BufReader::with_capacity((left as usize).clamp(4096, CHUNK), file)
 }

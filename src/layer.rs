@@ -339,7 +339,7 @@ impl StackReader {
             let plain = FileReader::new(file).map_err(|e| unreadable(layer, e))?;
             self.read_entries(layer, plain, trip, last, visit)
         } else {
-            let buffered = BufReader::with_capacity(CHUNK, file);
+            let buffered = crate::inflate::file_buffer(file);
             self.read_buffered(layer, buffered, trip, last, visit)
         }
     }
