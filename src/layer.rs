@@ -229,7 +229,7 @@ impl StackReader {
         F: FnMut(&Entry, &mut dyn EntryBody) -> Result<()>,
     {
         let trip = Rc::new(Cell::new(None));
-        let mut last = String::from("<archive start>");
+        let mut last = String::from(ARCHIVE_START);
         let result = match reader.regular_file() {
             Some(file) => self.read_file(layer, file, &trip, &mut last, &mut visit),
             None => {
@@ -286,8 +286,8 @@ impl StackReader {
             ReadyKind::Input(reader) => self.read_layer(layer, reader, visit),
             ReadyKind::Inflating(inflated) => {
                 let trip = Rc::new(Cell::new(None));
-                let mut last = String::from("<archive start>");
-                let result = self.read_entries(layer, inflated, &trip, &mut last, &mut visit);
+                let mut last = String::from(ARCHIVE_START);
+                let result = self.read_entries(layer, inflated, true, &trip, &mut last, &mut visit);
                 self.layer_result(layer, result, &trip, last)
             }
         }
@@ -337,7 +337,7 @@ impl StackReader {
         let n = source::peek(file, &mut head).map_err(|e| unreadable(layer, e))?;
         if Compression::detect(&head[..n]) == Compression::None {
             let plain = FileReader::new(file).map_err(|e| unreadable(layer, e))?;
-            self.read_entries(layer, plain, trip, last, visit)
+            self.read_entries(layer, plain, false, trip, last, visit)
         } else {
             let buffered = crate::inflate::file_buffer(file);
             self.read_buffered(layer, buffered, trip, last, visit)
@@ -363,20 +363,23 @@ impl StackReader {
             Err(e) => return Err(unreadable(layer, e)),
         };
         if compression == Compression::None {
-            return self.read_entries(layer, buffered, trip, last, visit);
+            return self.read_entries(layer, buffered, false, trip, last, visit);
         }
         std::thread::scope(|scope| {
             let inflated = Inflated::start(scope, buffered, CHUNKS_AHEAD);
             // `inflated` is dropped when read_entries returns, which
             // stops the inflater before the scope joins it.
-            self.read_entries(layer, inflated, trip, last, visit)
+            self.read_entries(layer, inflated, true, trip, last, visit)
         })
     }
 
+    /// Reads the entries of one layer; `compressed`: the stream is read on
+    /// past the end of the archive, to the decompressor's end checks.
     fn read_entries<R, F>(
         &mut self,
         layer: usize,
         reader: R,
+        compressed: bool,
         trip: &Rc<Cell<Option<Trip>>>,
         last: &mut String,
         visit: &mut F,
@@ -403,7 +406,13 @@ impl StackReader {
         loop {
             let member = match stream.next_member() {
                 Ok(Some(member)) => member,
-                Ok(None) => break,
+                Ok(None) if compressed => {
+                    return match stream.read_past_end() {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(corrupt(ARCHIVE_END, format!("after {last}: {e}"))),
+                    }
+                }
+                Ok(None) => return Ok(()),
                 Err(e) => return Err(stream_error(layer, last, e)),
             };
             let raw_name = member.path_bytes().into_owned();
@@ -464,7 +473,6 @@ impl StackReader {
                 .skip_rest()
                 .map_err(|e| stream_error(layer, last, e))?;
         }
-        Ok(())
     }
 
     /// xattr(7): `user.*` xattrs exist only on regular files and
@@ -522,6 +530,11 @@ impl StackReader {
         });
     }
 }
+
+/// What an error names as its entry before a layer's first entry, and
+/// after its last one (the end of a compressed stream).
+const ARCHIVE_START: &str = "<archive start>";
+const ARCHIVE_END: &str = "<archive end>";
 
 /// A layer that cannot be read from its first byte.
 fn unreadable(layer: usize, e: io::Error) -> Error {

@@ -354,6 +354,25 @@ impl<R: BufRead> TarStream<R> {
         Ok(())
     }
 
+    /// Reads what follows the end of the archive to the end of the stream
+    /// and drops it, so that a compressed layer's own checks (the gzip
+    /// trailer's CRC-32 and size, a zstd frame's checksum, no garbage after
+    /// the last member) run: a tar reader stops at the first zero block,
+    /// before the decompressor has reached them. Returns the bytes read.
+    pub(crate) fn read_past_end(&mut self) -> io::Result<u64> {
+        let mut read = 0;
+        loop {
+            let n = match self.inner.fill_buf() {
+                Ok([]) => return Ok(read),
+                Ok(buf) => buf.len(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.inner.consume(n);
+            read += n as u64;
+        }
+    }
+
     fn start_body(&mut self, size: u64) -> Result<(), StreamError> {
         let padded = size
             .checked_next_multiple_of(BLOCK)

@@ -127,12 +127,16 @@ pub struct Transform {
 pub enum TransformOp {
     /// Compress with gzip.
     Gzip,
-    /// Compress with zstd.
+    /// Compress with zstd, with the frame's content checksum (as the `zstd`
+    /// command writes it).
     Zstd,
     /// Keep only the first `at` bytes.
     Truncate { at: usize },
-    /// XOR the byte at `at` with 0xff.
-    FlipByte { at: usize },
+    /// XOR the byte at `at` with 0xff; a negative `at` counts from the end
+    /// (-1 is the last byte: a gzip trailer's CRC-32 starts at -8).
+    FlipByte { at: i64 },
+    /// Append `text` (garbage after a compressed stream).
+    Append { text: String },
 }
 
 /// Options a case runs with; each maps to a command-line flag.
@@ -178,7 +182,8 @@ impl Case {
     }
 }
 
-fn apply_transform(bytes: &mut Vec<u8>, op: &TransformOp) -> Result<()> {
+/// Changes a built layer's bytes as `op` says.
+pub fn apply_transform(bytes: &mut Vec<u8>, op: &TransformOp) -> Result<()> {
     use std::io::Write;
     match op {
         TransformOp::Gzip => {
@@ -186,12 +191,26 @@ fn apply_transform(bytes: &mut Vec<u8>, op: &TransformOp) -> Result<()> {
             enc.write_all(bytes)?;
             *bytes = enc.finish()?;
         }
-        TransformOp::Zstd => *bytes = zstd::encode_all(&bytes[..], 3)?,
+        TransformOp::Zstd => {
+            let mut enc = zstd::Encoder::new(Vec::new(), 3)?;
+            enc.include_checksum(true)?;
+            enc.write_all(bytes)?;
+            *bytes = enc.finish()?;
+        }
         TransformOp::Truncate { at } => bytes.truncate(*at),
-        TransformOp::FlipByte { at } => match bytes.get_mut(*at) {
-            Some(b) => *b ^= 0xff,
-            None => bail!("flip-byte at {at}: the layer has {} bytes", bytes.len()),
-        },
+        TransformOp::FlipByte { at } => {
+            let len = bytes.len();
+            let index = if *at < 0 {
+                len.checked_sub(at.unsigned_abs() as usize)
+            } else {
+                Some(*at as usize)
+            };
+            match index.and_then(|i| bytes.get_mut(i)) {
+                Some(b) => *b ^= 0xff,
+                None => bail!("flip-byte at {at}: the layer has {len} bytes"),
+            }
+        }
+        TransformOp::Append { text } => bytes.extend_from_slice(text.as_bytes()),
     }
     Ok(())
 }

@@ -369,7 +369,7 @@ pub fn generated(n: u32, seed: u64) -> Vec<(String, Case)> {
     (0..n)
         .map(|i| {
             let stack = strategy.new_tree(&mut runner).expect("strategy").current();
-            let case = crate::prop::as_case(&stack, "generated for overlayer check", seed);
+            let case = crate::prop::as_case(&stack, &[], "generated for overlayer check", seed);
             (format!("generated-{seed}-{i}"), case)
         })
         .collect()

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use overlayer::layer::Compression;
 use overlayer::mount::{self, OverlayMount};
 use overlayer::tree::{self, View};
 use overlayer::{ConvertOptions, ReadOptions};
@@ -338,7 +339,9 @@ impl Scratch {
 /// [`Oracle::apply_view`] reads them from memory: every case and generated
 /// stack compares the input paths too. Even layers are plain (`work/N.tar`:
 /// `pread` and `copy_file_range`), odd ones gzip (`work/N.tar.gz`: inflated
-/// ahead while the layer below is read) against one buffered reader.
+/// ahead while the layer below is read) against one buffered reader. A
+/// layer that is compressed already (a damaged-archive case) is written
+/// as it is: wrapping it again would hide its damage behind a tar error.
 fn convert_in(
     work: &Path,
     tars: &[Vec<u8>],
@@ -346,7 +349,8 @@ fn convert_in(
 ) -> Result<overlayer::Result<overlayer::Converted>> {
     let mut files = Vec::with_capacity(tars.len());
     for (i, tar) in tars.iter().enumerate() {
-        let (path, bytes) = if i % 2 == 0 {
+        let plain = Compression::detect(tar) == Compression::None;
+        let (path, bytes) = if i % 2 == 0 || !plain {
             (
                 work.join(format!("{i}.tar")),
                 std::borrow::Cow::Borrowed(&tar[..]),

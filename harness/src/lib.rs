@@ -5,6 +5,7 @@
 pub mod case;
 pub mod check;
 pub mod cli;
+pub mod damage;
 pub mod imagefmt;
 pub mod kernel;
 pub mod model;

@@ -10,10 +10,10 @@ use overlayer::ConvertOptions;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use serde::Serialize;
 
-use crate::case::{build_tar, Case, Expect, TarEntry};
+use crate::case::{build_tar, Case, Expect, TarEntry, Transform};
 use crate::kernel::{Outcome, Scratch};
 use crate::replay::matches_error;
-use crate::{model, strategy};
+use crate::{damage, model, strategy};
 
 /// Options of a property run.
 #[derive(Debug, Clone)]
@@ -45,6 +45,10 @@ pub enum PropKind {
     /// The same with redirect_dir=on and metacopy=on: renamed lower
     /// directories and metadata-only copy-ups, materialised by export.
     WriteRedirect,
+    /// One layer compressed and one byte of it flipped: apply and
+    /// convert refuse it at that layer, or the view is the intact one's
+    /// (see [`crate::damage`]).
+    Damaged,
 }
 
 /// Summary of a run.
@@ -72,6 +76,9 @@ pub struct PropReport {
     pub failure: Option<String>,
     #[serde(skip)]
     pub minimal: Option<Vec<Vec<TarEntry>>>,
+    /// The damage to the minimal stack (`--mode damaged`), as case transforms.
+    #[serde(skip)]
+    pub damaged: Vec<Transform>,
 }
 
 /// Checks one stack with the given property; `Err` describes the disagreement.
@@ -98,8 +105,8 @@ pub fn check_stack(
         let (side, other) = match kind {
             PropKind::Convert => ("kernel", scratch.kernel_view(&tars, opts)),
             PropKind::Roundtrip => ("roundtrip", scratch.roundtrip_view(&tars, opts)),
-            PropKind::Write | PropKind::WriteRedirect => {
-                unreachable!("write stacks are checked by check_write")
+            PropKind::Write | PropKind::WriteRedirect | PropKind::Damaged => {
+                unreachable!("write and damaged stacks have checks of their own")
             }
         };
         let other = other.map_err(|e| format!("{side}: {e:#}"))?;
@@ -161,6 +168,45 @@ fn agree(
         )),
         (Ok(_), Err(e)) => Err(format!("model succeeds; {side} fails: {e}")),
     }
+}
+
+/// Checks one stack with one layer damaged (see [`crate::damage`]).
+pub fn check_damaged(
+    scratch: &mut Scratch,
+    stack: &[Vec<TarEntry>],
+    damage: damage::Damage,
+    opts: ConvertOptions,
+    with_kernel: bool,
+) -> Result<(Checked, Vec<Transform>), String> {
+    let tars: Vec<Vec<u8>> = stack
+        .iter()
+        .map(|l| build_tar(l))
+        .collect::<Result<_>>()
+        .map_err(|e| format!("building tars: {e:#}"))?;
+    let layer = damage.layer(tars.len());
+    let transforms = damage
+        .transforms(layer, &tars[layer])
+        .map_err(|e| format!("damaging layer {layer}: {e:#}"))?;
+    let tars = damage::damaged(&tars, &transforms).map_err(|e| format!("{e:#}"))?;
+    let intact = model::run(stack);
+    let applied = scratch
+        .apply_view(&tars, &opts.read)
+        .map_err(|e| format!("apply harness: {e:#}"))?;
+    damage::judge("apply", layer, &intact, &applied, false)?;
+    let mut mounted = false;
+    if with_kernel && scratch.can_mount() {
+        let kernel = scratch
+            .kernel_view(&tars, opts)
+            .map_err(|e| format!("kernel: {e:#}"))?;
+        damage::judge("kernel", layer, &intact, &kernel, true)?;
+        mounted = kernel.is_ok();
+    }
+    let checked = match &applied {
+        Err(e) => Checked::Refused(e.rule().map_or("io", |r| r.code()).to_string()),
+        Ok(_) if mounted => Checked::Mounted,
+        Ok(_) => Checked::Applied,
+    };
+    Ok((checked, transforms))
 }
 
 /// Checks one stack and write sequence with the write-path property.
@@ -264,6 +310,8 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
             Ok(())
         };
     let stacks = strategy::stack(opts.max_layers, xattrs);
+    // The damage of the minimal failing stack of a damaged run.
+    let mut damaged = Vec::new();
     let (result, write_ops) = match opts.kind {
         PropKind::Write | PropKind::WriteRedirect => {
             let redirect = opts.kind == PropKind::WriteRedirect;
@@ -281,6 +329,28 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
                     Err(TestError::Fail(reason, stack)),
                     Some(format!("{ops:?}")),
                 ),
+                Err(TestError::Abort(reason)) => (Err(TestError::Abort(reason)), None),
+            }
+        }
+        PropKind::Damaged => {
+            let r = runner.run(&(stacks, damage::damage()), |(stack, damage)| {
+                *count.borrow_mut() += 1;
+                progress(*count.borrow());
+                let checked = check_damaged(
+                    &mut scratch.borrow_mut(),
+                    &stack,
+                    damage,
+                    convert,
+                    opts.kernel,
+                );
+                tally_check(&stack, checked.map(|(c, _)| c))
+            });
+            match r {
+                Ok(()) => (Ok(()), None),
+                Err(TestError::Fail(reason, (stack, damage))) => {
+                    damaged = damage_of(&stack, damage);
+                    (Err(TestError::Fail(reason, stack)), None)
+                }
                 Err(TestError::Abort(reason)) => (Err(TestError::Abort(reason)), None),
             }
         }
@@ -334,20 +404,32 @@ pub fn run(scratch: &mut Scratch, opts: &PropOptions, progress: impl Fn(u64)) ->
         seed: opts.seed,
         failure,
         minimal,
+        damaged,
     }
 }
 
-/// A shrunk failing stack as a case file; the expected outcome is the model's.
-pub fn as_case(stack: &[Vec<TarEntry>], failure: &str, seed: u64) -> Case {
-    let expect = match model::run(stack) {
-        Ok(view) => Expect::View(view),
-        Err(e) => Expect::Error(e),
+/// The transforms `damage` makes to `stack`'s layers (none if they cannot be built).
+fn damage_of(stack: &[Vec<TarEntry>], damage: damage::Damage) -> Vec<Transform> {
+    let layer = damage.layer(stack.len());
+    build_tar(&stack[layer])
+        .and_then(|tar| damage.transforms(layer, &tar))
+        .unwrap_or_default()
+}
+
+/// A shrunk failing stack as a case file, with the damage done to it; the
+/// expected outcome is the model's (of a damaged stack: see
+/// [`damage::expected`]).
+pub fn as_case(stack: &[Vec<TarEntry>], damaged: &[Transform], failure: &str, seed: u64) -> Case {
+    let expect = match (damaged.first(), model::run(stack)) {
+        (Some(t), _) => Expect::Error(damage::expected(stack, t.layer)),
+        (None, Ok(view)) => Expect::View(view),
+        (None, Err(e)) => Expect::Error(e),
     };
     Case {
         why: format!("Found by `overlayer prop --seed {seed}`: {failure}"),
         requires: vec![],
         layers: stack.to_vec(),
-        transform: vec![],
+        transform: damaged.to_vec(),
         options: Default::default(),
         export: None,
         accept: vec![],

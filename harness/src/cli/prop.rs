@@ -74,7 +74,7 @@ pub(super) fn prop_cmd(
         println!("refusals by rule: {}", parts.join(", "));
     }
     if let (Some(failure), Some(stack)) = (&report.failure, &report.minimal) {
-        let case = prop::as_case(stack, failure, opts.seed);
+        let case = prop::as_case(stack, &report.damaged, failure, opts.seed);
         println!(
             "minimal failing stack:\n{failure}\n{}",
             case::to_pretty_json(&case)?
