@@ -34,6 +34,7 @@ test: test-deps fmt lint
 	$(CARGO) test --workspace --release
 	$(CARGO) run --release -q -p overlayer-harness --bin overlayer -- replay cases
 	$(CARGO) run --release -q -p overlayer-harness --bin overlayer -- prop --cases 2000 --seed 1
+	$(CARGO) run --release -q -p overlayer-harness --bin overlayer -- prop --mode damaged --cases 2000 --seed 1
 
 replay: build
 	./target/release/overlayer replay cases

@@ -63,6 +63,11 @@ pub enum Rule {
     /// Linux allows only on regular files and directories (xattr(7));
     /// lenient mode drops them with a notice.
     UserXattrOnSpecialFile,
+    /// Strict: an xattr no Linux filesystem can store (a namespace other
+    /// than security, system, trusted or user, an empty or over-255-byte
+    /// name, a value over 64 KiB; xattr(7)); lenient mode drops it with a
+    /// notice.
+    XattrNotStorable,
 }
 
 impl Rule {
@@ -93,6 +98,7 @@ impl Rule {
             Rule::WhiteoutNotRegular => "whiteout-not-regular",
             Rule::AufsMetadata => "aufs-metadata",
             Rule::UserXattrOnSpecialFile => "user-xattr-on-special-file",
+            Rule::XattrNotStorable => "xattr-not-storable",
         }
     }
 
@@ -133,6 +139,9 @@ impl Rule {
             Rule::AufsMetadata => "AUFS `.wh..wh.` metadata in the layer (--strict)",
             Rule::UserXattrOnSpecialFile => {
                 "Linux allows user.* xattrs only on regular files and directories (xattr(7); --strict)"
+            }
+            Rule::XattrNotStorable => {
+                "no Linux filesystem stores this xattr: its namespace, name length or value size (xattr(7); --strict)"
             }
         }
     }

@@ -459,6 +459,7 @@ impl StackReader {
                     format!("{depth} components, limit {}", limits.max_depth),
                 ));
             }
+            self.unstorable_xattrs(layer, &mut entry)?;
             self.user_xattrs_on_special_files(layer, &mut entry)?;
             if self.opts.strict {
                 self.notice(layer, &entry);
@@ -473,6 +474,45 @@ impl StackReader {
                 .skip_rest()
                 .map_err(|e| stream_error(layer, last, e))?;
         }
+    }
+
+    /// xattr(7): Linux stores xattrs in four namespaces only, with names of
+    /// at most 255 bytes and values of at most 64 KiB; any other xattr is
+    /// refused by every filesystem, so no one can apply it. Strict mode
+    /// refuses the entry; lenient mode drops those xattrs with a notice, in
+    /// apply and convert alike (as containerd and Docker skip xattrs the
+    /// target refuses).
+    fn unstorable_xattrs(&mut self, layer: usize, entry: &mut Entry) -> Result<()> {
+        let unstorable: Vec<String> = entry
+            .meta
+            .xattrs
+            .iter()
+            .filter_map(|(name, value)| {
+                spec::unstorable_xattr(name, value).map(|why| format!("{name:?}: {why}"))
+            })
+            .collect();
+        if unstorable.is_empty() {
+            return Ok(());
+        }
+        if self.opts.strict {
+            return Err(Error::Invalid {
+                layer,
+                entry: entry.name.clone(),
+                rule: Rule::XattrNotStorable,
+                detail: Some(unstorable.join(", ")),
+            });
+        }
+        self.notices.push(Notice {
+            layer,
+            entry: entry.name.clone(),
+            what: "xattrs dropped: Linux cannot store them (a namespace other than security, \
+                   system, trusted or user, an empty or over-255-byte name, or over 64 KiB)",
+        });
+        entry
+            .meta
+            .xattrs
+            .retain(|(name, value)| spec::unstorable_xattr(name, value).is_none());
+        Ok(())
     }
 
     /// xattr(7): `user.*` xattrs exist only on regular files and

@@ -32,6 +32,16 @@ pub const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// and device nodes.
 pub const USER_XATTR_PREFIX: &str = "user.";
 
+/// xattr(7): the namespaces Linux has; a name in no other is refused by
+/// every filesystem (EOPNOTSUPP).
+pub const XATTR_NAMESPACES: [&str; 4] = ["security.", "system.", "trusted.", "user."];
+
+/// `<linux/limits.h>`: the longest xattr name (ERANGE beyond it).
+pub const XATTR_NAME_MAX: usize = 255;
+
+/// `<linux/limits.h>`: the largest xattr value (E2BIG beyond it).
+pub const XATTR_SIZE_MAX: usize = 65536;
+
 /// overlayfs.rst: the privileged xattr namespace for overlay metadata.
 pub const TRUSTED_OVERLAY: &str = "trusted.overlay.";
 /// overlayfs.rst: with `-o userxattr` overlay uses the `user.` namespace.
@@ -130,6 +140,25 @@ pub fn escape_overlay_xattr(name: &str) -> String {
     name.to_string()
 }
 
+/// Why Linux cannot store the xattr `name` = `value` on any filesystem, if
+/// so (xattr(7) and the VFS's checks in setxattr(2)).
+pub fn unstorable_xattr(name: &str, value: &[u8]) -> Option<&'static str> {
+    let Some(prefix) = XATTR_NAMESPACES.iter().find(|p| name.starts_with(**p)) else {
+        return Some("not in the security, system, trusted or user namespace");
+    };
+    if name.len() == prefix.len() {
+        Some("no name after the namespace")
+    } else if name.len() > XATTR_NAME_MAX {
+        Some("name longer than 255 bytes")
+    } else if name.contains('\0') {
+        Some("NUL byte in the name")
+    } else if value.len() > XATTR_SIZE_MAX {
+        Some("value larger than 64 KiB")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +198,20 @@ mod tests {
         assert_eq!(escape_overlay_xattr("user.a"), "user.a");
         assert!(is_overlay_private_xattr("trusted.overlay.origin"));
         assert!(!is_overlay_private_xattr("trusted.overlayx"));
+    }
+
+    #[test]
+    fn xattrs_linux_cannot_store_are_named() {
+        assert_eq!(unstorable_xattr("user.x", b"1"), None);
+        assert_eq!(unstorable_xattr("security.capability", b""), None);
+        assert!(unstorable_xattr("foo.x", b"1").is_some());
+        assert!(unstorable_xattr("user.", b"1").is_some());
+        assert!(unstorable_xattr(&format!("user.{}", "n".repeat(251)), b"").is_some());
+        assert_eq!(
+            unstorable_xattr(&format!("user.{}", "n".repeat(250)), b""),
+            None
+        );
+        assert!(unstorable_xattr("user.x", &vec![0; XATTR_SIZE_MAX + 1]).is_some());
+        assert_eq!(unstorable_xattr("user.x", &vec![0; XATTR_SIZE_MAX]), None);
     }
 }

@@ -231,19 +231,21 @@ impl Model {
             xattrs: entry
                 .xattrs
                 .iter()
-                // Linux keeps user.* xattrs on files and directories only;
-                // lenient mode drops the rest.
-                .filter(|(k, _)| {
-                    !k.starts_with("user.")
-                        || !matches!(
-                            entry.kind,
-                            EntryType::Symlink
-                                | EntryType::Fifo
-                                | EntryType::Char
-                                | EntryType::Block
-                        )
-                })
                 .map(|(k, v)| (k.clone(), xattr_bytes(v).unwrap_or_default()))
+                // Linux keeps user.* xattrs on files and directories only,
+                // and none in other namespaces, with longer names or larger
+                // values: lenient mode drops them.
+                .filter(|(k, v)| {
+                    storable(k, v)
+                        && (!k.starts_with("user.")
+                            || !matches!(
+                                entry.kind,
+                                EntryType::Symlink
+                                    | EntryType::Fifo
+                                    | EntryType::Char
+                                    | EntryType::Block
+                            ))
+                })
                 .collect(),
         };
         if path.is_empty() {
@@ -529,4 +531,13 @@ enum Walk {
     Create,
     Marker,
     Lookup,
+}
+
+/// xattr(7), written out here apart from the library: one of the four
+/// namespaces, a name after it, at most 255 bytes of name and 64 KiB of value.
+fn storable(name: &str, value: &[u8]) -> bool {
+    let namespaced = ["security.", "system.", "trusted.", "user."]
+        .iter()
+        .any(|ns| name.len() > ns.len() && name.starts_with(ns));
+    namespaced && name.len() <= 255 && !name.contains('\0') && value.len() <= 65536
 }

@@ -329,9 +329,53 @@ fn user_xattrs_on_symlinks_and_fifos_are_dropped_or_refused_by_name() {
         special("l", EntryType::Symlink),
         special("p", EntryType::Fifo),
     ]);
+    dropped_with_notice_or_refused(
+        &layer,
+        &["l", "p"],
+        "user.* xattrs dropped",
+        ("l", "user-xattr-on-special-file", "user.k"),
+    );
+}
+
+/// xattr(7): no filesystem stores an xattr outside the four namespaces,
+/// with a name over 255 bytes or a value over 64 KiB. apply and convert
+/// drop such records naming the entry, `--strict` refuses them naming the
+/// xattr. Never an unnamed EOPNOTSUPP, ERANGE or E2BIG.
+#[test]
+fn xattrs_linux_cannot_store_are_dropped_or_refused_by_name() {
+    use overlayer_harness::case::TarEntry;
+    let with = |path: &str, name: String, value: String| TarEntry {
+        path: path.into(),
+        text: "x".into(),
+        xattrs: [(name, value), ("user.kept".into(), "1".into())].into(),
+        ..Default::default()
+    };
+    let layer = tar_of(&[
+        with("a", "os2.k".into(), "v".into()),
+        with("b", format!("user.{}", "n".repeat(300)), "v".into()),
+        with("c", "user.big".into(), "v".repeat(70_000)),
+    ]);
+    dropped_with_notice_or_refused(
+        &layer,
+        &["a", "b", "c"],
+        "xattrs dropped: Linux cannot store them",
+        ("a", "xattr-not-storable", "os2.k"),
+    );
+}
+
+/// Runs apply and convert (when the kernel side can) on `layer`: lenient,
+/// each entry of `dropped` gets a notice holding `notice` and the command
+/// succeeds; `--strict` exits 2 naming the entry, rule and xattr of
+/// `refused` and leaves no output.
+fn dropped_with_notice_or_refused(
+    layer: &[u8],
+    dropped: &[&str],
+    notice: &str,
+    refused: (&str, &str, &str),
+) {
     let tmp = tempfile::tempdir().unwrap();
     let tar = tmp.path().join("layer.tar");
-    std::fs::write(&tar, &layer).unwrap();
+    std::fs::write(&tar, layer).unwrap();
     let run = |args: &[&str], out: &str| {
         let o = Command::new(env!("CARGO_BIN_EXE_overlayer"))
             .args(args)
@@ -352,20 +396,19 @@ fn user_xattrs_on_symlinks_and_fifos_are_dropped_or_refused_by_name() {
     for cmd in commands {
         let (code, stderr) = run(&[cmd], &format!("{cmd}-lenient"));
         assert_eq!(code, Some(0), "{cmd}: {stderr}");
-        for name in ["l", "p"] {
+        for name in dropped {
             assert!(
-                stderr.contains(&format!(
-                    "notice: layer 0: entry \"{name}\": user.* xattrs dropped"
-                )),
+                stderr.contains(&format!("notice: layer 0: entry \"{name}\": {notice}")),
                 "{cmd}: {stderr}"
             );
         }
         let (code, stderr) = run(&[cmd, "--strict"], &format!("{cmd}-strict"));
         assert_eq!(code, Some(2), "{cmd} --strict: {stderr}");
+        let (entry, rule, xattr) = refused;
         assert!(
-            stderr.contains("layer 0: entry \"l\"")
-                && stderr.contains("[user-xattr-on-special-file]")
-                && stderr.contains("user.k"),
+            stderr.contains(&format!("layer 0: entry \"{entry}\""))
+                && stderr.contains(&format!("[{rule}]"))
+                && stderr.contains(xattr),
             "{cmd} --strict: {stderr}"
         );
         assert!(!tmp.path().join(format!("{cmd}-strict")).exists());

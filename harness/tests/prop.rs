@@ -69,3 +69,16 @@ fn writes_on_a_writable_overlay_export_and_apply_back_to_the_same_view() {
         }
     }
 }
+
+#[test]
+fn damaged_layers_are_refused_at_their_layer_or_read_as_intact() {
+    if let Some(reason) = kernel::unavailable() {
+        eprintln!("kernel side SKIPPED: {reason}; checking apply only");
+    }
+    let report = run_clean(PropKind::Damaged, 400, 0xda4a6e, 6);
+    assert!(
+        report.refused.get("corrupt-archive").copied().unwrap_or(0) > 100,
+        "too few damaged layers were refused as corrupt: {:?}",
+        report.refused
+    );
+}
