@@ -322,6 +322,7 @@ def perf_profile(argv, top=14):
         return None
     rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym", "--stdio"],
                          capture_output=True, text=True).stdout
+    threads = thread_busy(data)
     os.remove(data)
     lines = [ln.strip() for ln in rep.splitlines() if ln.strip() and not ln.startswith("#")]
     kernel = sum(float(ln.split("%")[0]) for ln in lines if "[k]" in ln and ln[0].isdigit())
@@ -330,7 +331,28 @@ def perf_profile(argv, top=14):
         f = ln.split()
         if len(f) >= 3 and f[0].endswith("%"):
             by_dso[f[1]] = by_dso.get(f[1], 0.0) + float(f[0].rstrip("%"))
-    return kernel, by_dso, lines[:top]
+    return kernel, by_dso, lines[:top], threads
+
+
+def thread_busy(data):
+    """'name: N ms on CPU, P% of the M ms sampled' per thread of a perf.data (cpu-clock: a
+    sample's period is nanoseconds), busiest first: a thread near 100% bounds the wall time."""
+    head = subprocess.run(["perf", "report", "-i", data, "--header-only"], capture_output=True, text=True).stdout
+    span = next((float(ln.split(":")[1].split()[0]) for ln in head.splitlines()
+                 if "sample duration" in ln), None)
+    rep = subprocess.run(["perf", "report", "-i", data, "--sort", "pid", "--stdio"],
+                         capture_output=True, text=True).stdout
+    total = next((int(ln.split(":")[1]) for ln in rep.splitlines() if ln.startswith("# Event count")), None)
+    if not span or not total:
+        return []
+    out = []
+    for ln in rep.splitlines():
+        f = ln.split()
+        if len(f) == 2 and f[0].endswith("%") and ":" in f[1]:
+            ms = float(f[0].rstrip("%")) / 100 * total / 1e6
+            name = f[1].split(":", 1)[1]
+            out.append((ms, f"{name} {ms:.0f} ms on CPU, {100 * ms / span:.0f}% of the {span:.0f} ms sampled"))
+    return [text for _, text in sorted(out, reverse=True)]
 
 
 PROFILES = {}
@@ -354,9 +376,11 @@ def profile_text():
         if prof is None:
             out.append(f"{what}: MISSED; perf unavailable, no profile (bench/profile.sh)")
             continue
-        kernel, by_dso, top = prof
+        kernel, by_dso, top, threads = prof
         dsos = ", ".join(f"{k} {v:.0f}%" for k, v in sorted(by_dso.items(), key=lambda kv: -kv[1])[:4])
+        busy = "".join(f"\n    {t}" for t in threads)
         out.append(f"{what}: MISSED; profile of `{cmd}` (perf cpu-clock samples, both threads):\n"
+                   f"  per thread:{busy}\n"
                    f"  kernel {kernel:.0f}% of samples; by object: {dsos}\n  top symbols (self):\n"
                    + "\n".join("    " + ln for ln in top))
     return "\n\n".join(out)

@@ -5,6 +5,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::BorrowedFd;
 
+use crate::gzip;
 use crate::layer::LayerInput;
 use crate::source::{self, read_via_buf, SpliceRead};
 
@@ -16,7 +17,7 @@ pub enum Compression {
     Zstd,
 }
 
-const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const GZIP_MAGIC: &[u8] = &gzip::MAGIC;
 pub(crate) const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
 impl Compression {
@@ -37,6 +38,8 @@ pub(crate) const CHUNK: usize = 256 * 1024;
 /// The first chunk an inflater makes; each next fresh one is twice as
 /// large, up to [`CHUNK`].
 const FIRST_CHUNK: usize = 16 * 1024;
+/// The inflating thread's name (in `perf` and `top -H`).
+const INFLATER_THREAD: &str = "inflate";
 /// Chunks in flight: the inflater runs at most this far ahead (4 MiB).
 pub(crate) const CHUNKS_AHEAD: usize = 16;
 /// Chunks a stack's next layer inflates ahead while the one before it is
@@ -47,36 +50,78 @@ pub(crate) const CHUNKS_READ_AHEAD: usize = 64;
 /// mapping, faulted in and zeroed page by page.
 const CHUNKS_SPARE: usize = 2;
 
+/// What an inflating thread hands to the reader: a chunk and how much of
+/// it is inflated data (a chunk stays at its full length, so a reused one
+/// is not zeroed again), or the trailer of a gzip member, checked by the
+/// reader against the data it was handed.
+enum Piece {
+    Data(Vec<u8>, usize),
+    Trailer(gzip::Trailer),
+}
+
+type Pieces = std::sync::mpsc::Receiver<io::Result<Piece>>;
+type PieceSender = std::sync::mpsc::SyncSender<io::Result<Piece>>;
+
 /// The reading end of an inflating thread; chunks are read in place
 /// (`BufRead`), and handed back when read.
 pub(crate) struct Inflated {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: Pieces,
     spare: std::sync::mpsc::SyncSender<Vec<u8>>,
     chunk: Vec<u8>,
+    len: usize,
     pos: usize,
+    /// For gzip, the CRC-32 of the current member's data so far: taken
+    /// here, on the reader's thread, as inflating is the slower half.
+    crc: Option<flate2::Crc>,
 }
 
 impl Inflated {
-    /// Starts inflating `buffered` (decompressor by magic) on a thread of
-    /// `scope`; dropping the result stops the thread.
+    /// Starts inflating `buffered`, compressed as `compression` says, on a
+    /// thread of `scope`; dropping the result stops the thread.
     pub(crate) fn start<'scope, B: BufRead + Send + 'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         buffered: B,
+        compression: Compression,
         ahead: usize,
     ) -> Inflated {
         let (tx, rx) = std::sync::mpsc::sync_channel(ahead);
         let (spare, spare_rx) = std::sync::mpsc::sync_channel(CHUNKS_SPARE);
-        scope.spawn(move || match decompress_buffered(buffered) {
-            Ok(dec) => inflate_into(dec, tx, spare_rx),
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
-        });
+        let chunks = Chunks {
+            spare: spare_rx,
+            fresh: FIRST_CHUNK,
+        };
+        // Named, so that a profile tells the inflater from the writer.
+        let spawned = std::thread::Builder::new()
+            .name(INFLATER_THREAD.into())
+            .spawn_scoped(scope, move || {
+                let sent = if compression == Compression::Gzip {
+                    inflate_gzip(buffered, &tx, chunks)
+                } else {
+                    decompress_buffered(buffered).and_then(|dec| inflate_into(dec, &tx, chunks))
+                };
+                if let Err(e) = sent {
+                    let _ = tx.send(Err(e));
+                }
+            });
+        if let Err(e) = spawned {
+            return Inflated::failed(e);
+        }
+        let crc = (compression == Compression::Gzip).then(flate2::Crc::new);
+        Inflated::reading(rx, spare, crc)
+    }
+
+    fn reading(
+        rx: Pieces,
+        spare: std::sync::mpsc::SyncSender<Vec<u8>>,
+        crc: Option<flate2::Crc>,
+    ) -> Inflated {
         Inflated {
             rx,
             spare,
             chunk: Vec::new(),
+            len: 0,
             pos: 0,
+            crc,
         }
     }
 
@@ -85,12 +130,7 @@ impl Inflated {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (spare, _) = std::sync::mpsc::sync_channel(0);
         let _ = tx.send(Err(error));
-        Inflated {
-            rx,
-            spare,
-            chunk: Vec::new(),
-            pos: 0,
-        }
+        Inflated::reading(rx, spare, None)
     }
 }
 
@@ -127,7 +167,7 @@ impl<'env, R: LayerInput> Ready<'env, R> {
         }
         let layer: &'env R = layer;
         let inflated = match layer.regular_file() {
-            Some(file) => Inflated::start(scope, file_buffer(file), ahead),
+            Some(file) => Inflated::start(scope, file_buffer(file), Compression::Gzip, ahead),
             None => Inflated::failed(io::Error::other(
                 "the layer input stopped being a regular file",
             )),
@@ -138,25 +178,34 @@ impl<'env, R: LayerInput> Ready<'env, R> {
 
 impl BufRead for Inflated {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos == self.chunk.len() {
+        while self.pos == self.len {
             match self.rx.recv() {
-                Ok(Ok(chunk)) => {
+                Ok(Ok(Piece::Data(chunk, len))) => {
+                    if let Some(crc) = &mut self.crc {
+                        crc.update(&chunk[..len]);
+                    }
                     let read = std::mem::replace(&mut self.chunk, chunk);
-                    if read.capacity() == CHUNK {
+                    if read.len() == CHUNK {
                         // Full pool or a finished inflater: the chunk is freed.
                         let _ = self.spare.try_send(read);
                     }
+                    self.len = len;
                     self.pos = 0;
+                }
+                Ok(Ok(Piece::Trailer(trailer))) => {
+                    let crc = self.crc.get_or_insert_with(flate2::Crc::new);
+                    trailer.check(crc)?;
+                    *crc = flate2::Crc::new();
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(&[]),
             }
         }
-        Ok(&self.chunk[self.pos..])
+        Ok(&self.chunk[self.pos..self.len])
     }
 
     fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.chunk.len());
+        self.pos = (self.pos + n).min(self.len);
     }
 }
 
@@ -172,39 +221,78 @@ impl SpliceRead for Inflated {
     }
 }
 
-/// Inflates `dec` into `tx` until it ends, fails, or the reader hangs up;
-/// reuses the chunks the reader hands back on `spare`.
-fn inflate_into(
-    mut dec: Box<dyn Read + '_>,
-    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+/// The chunks an inflater fills: handed back by the reader, or fresh ones
+/// that start small and double, so that a small layer's few KiB do not
+/// cost a zeroed 256 KiB mapping.
+struct Chunks {
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
-) {
-    // Fresh chunks start small and double: a small layer's few KiB should
-    // not cost a zeroed 256 KiB mapping.
-    let mut fresh = FIRST_CHUNK;
+    fresh: usize,
+}
+
+impl Chunks {
+    fn next(&mut self) -> Vec<u8> {
+        self.spare.try_recv().unwrap_or_else(|_| {
+            let len = self.fresh;
+            self.fresh = (self.fresh * 2).min(CHUNK);
+            vec![0; len]
+        })
+    }
+}
+
+/// The reader hung up: the inflater stops.
+struct HungUp;
+
+/// Fills chunks from `dec` and sends them until it ends (`Ok`), or the
+/// reader hangs up.
+fn send_chunks(
+    dec: &mut dyn Read,
+    tx: &PieceSender,
+    chunks: &mut Chunks,
+) -> io::Result<Result<(), HungUp>> {
     loop {
-        let (mut chunk, len) = match spare.try_recv() {
-            Ok(chunk) => (chunk, CHUNK),
-            Err(_) => {
-                let len = fresh;
-                fresh = (fresh * 2).min(CHUNK);
-                (Vec::with_capacity(len), len)
+        let mut chunk = chunks.next();
+        let n = loop {
+            match dec.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                read => break read?,
             }
         };
-        chunk.resize(len, 0);
-        match dec.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => {
-                chunk.truncate(n);
-                if tx.send(Ok(chunk)).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
+        if n == 0 {
+            return Ok(Ok(()));
+        }
+        if tx.send(Ok(Piece::Data(chunk, n))).is_err() {
+            return Ok(Err(HungUp));
+        }
+    }
+}
+
+/// Inflates `dec` (zstd) into `tx` until it ends, fails, or the reader
+/// hangs up.
+fn inflate_into(
+    mut dec: Box<dyn Read + '_>,
+    tx: &PieceSender,
+    mut chunks: Chunks,
+) -> io::Result<()> {
+    send_chunks(&mut dec, tx, &mut chunks).map(|_| ())
+}
+
+/// Inflates the gzip members of `input` (RFC 1952) into `tx`, each one's
+/// data then its trailer, until the stream ends, fails, or the reader
+/// hangs up. Garbage after the last member is an error, as in Go's
+/// compress/gzip (and so in containerd and Docker).
+fn inflate_gzip<B: BufRead>(mut input: B, tx: &PieceSender, mut chunks: Chunks) -> io::Result<()> {
+    let mut first = true;
+    loop {
+        gzip::read_header(&mut input, first)?;
+        first = false;
+        let mut dec = flate2::bufread::DeflateDecoder::new(input);
+        if send_chunks(&mut dec, tx, &mut chunks)?.is_err() {
+            return Ok(());
+        }
+        input = dec.into_inner();
+        let trailer = gzip::read_trailer(&mut input)?;
+        if tx.send(Ok(Piece::Trailer(trailer))).is_err() || gzip::at_end(&mut input)? {
+            return Ok(());
         }
     }
 }

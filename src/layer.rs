@@ -366,7 +366,7 @@ impl StackReader {
             return self.read_entries(layer, buffered, false, trip, last, visit);
         }
         std::thread::scope(|scope| {
-            let inflated = Inflated::start(scope, buffered, CHUNKS_AHEAD);
+            let inflated = Inflated::start(scope, buffered, compression, CHUNKS_AHEAD);
             // `inflated` is dropped when read_entries returns, which
             // stops the inflater before the scope joins it.
             self.read_entries(layer, inflated, true, trip, last, visit)

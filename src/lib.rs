@@ -15,6 +15,7 @@
 pub mod apply;
 pub mod error;
 mod fast_hash;
+mod gzip;
 pub mod hidden;
 pub mod image;
 mod inflate;
