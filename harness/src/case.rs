@@ -291,6 +291,24 @@ impl EntryType {
 }
 
 impl TarEntry {
+    /// A regular file holding `text`, with the defaults of a case entry.
+    pub fn file(path: &str, text: &str) -> TarEntry {
+        TarEntry {
+            path: path.into(),
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A directory, with the defaults of a case entry.
+    pub fn dir(path: &str) -> TarEntry {
+        TarEntry {
+            path: path.into(),
+            kind: EntryType::Dir,
+            ..Default::default()
+        }
+    }
+
     pub fn mode_bits(&self) -> u32 {
         match &self.mode {
             Some(m) => u32::from_str_radix(m, 8).unwrap_or(0o644),

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use overlayer::{ConvertOptions, Limits, ReadOptions, Rule};
+use overlayer_harness::case::TarEntry;
 
 const MIB: u64 = 1 << 20;
 const TIB: u64 = 1 << 40;
@@ -162,16 +163,8 @@ fn ctrl_c_during_apply_exits_130_and_leaves_nothing() {
     );
 }
 
-fn tar_of(entries: &[overlayer_harness::case::TarEntry]) -> Vec<u8> {
+fn tar_of(entries: &[TarEntry]) -> Vec<u8> {
     overlayer_harness::case::build_tar(entries).unwrap()
-}
-
-fn entry(path: &str, text: &str) -> overlayer_harness::case::TarEntry {
-    overlayer_harness::case::TarEntry {
-        path: path.into(),
-        text: text.into(),
-        ..Default::default()
-    }
 }
 
 fn apply_rule(layer: &[u8], opts: &ReadOptions) -> Option<Rule> {
@@ -190,12 +183,21 @@ fn strict_mode_refuses_what_lenient_mode_tolerates() {
     let lenient = ReadOptions::default();
     let cases = [
         (
-            vec![entry("a", "1"), entry("./a", "2")],
+            vec![TarEntry::file("a", "1"), TarEntry::file("./a", "2")],
             Rule::DuplicateEntry,
         ),
-        (vec![entry(".wh.etc/x", "")], Rule::WhiteoutInnerComponent),
-        (vec![entry(".wh.x", "not empty")], Rule::WhiteoutNotRegular),
-        (vec![entry(".wh..wh.plnk/1", "")], Rule::AufsMetadata),
+        (
+            vec![TarEntry::file(".wh.etc/x", "")],
+            Rule::WhiteoutInnerComponent,
+        ),
+        (
+            vec![TarEntry::file(".wh.x", "not empty")],
+            Rule::WhiteoutNotRegular,
+        ),
+        (
+            vec![TarEntry::file(".wh..wh.plnk/1", "")],
+            Rule::AufsMetadata,
+        ),
     ];
     for (entries, rule) in cases {
         let layer = tar_of(&entries);
@@ -206,9 +208,9 @@ fn strict_mode_refuses_what_lenient_mode_tolerates() {
 
 #[test]
 fn strict_mode_reports_setuid_files_and_devices_without_refusing() {
-    let mut suid = entry("bin/su", "x");
+    let mut suid = TarEntry::file("bin/su", "x");
     suid.mode = Some("4755".into());
-    let dev = overlayer_harness::case::TarEntry {
+    let dev = TarEntry {
         path: "dev/null".into(),
         kind: overlayer_harness::case::EntryType::Char,
         rdev: Some([1, 3]),
@@ -239,7 +241,7 @@ fn strict_mode_reports_setuid_files_and_devices_without_refusing() {
 
 #[test]
 fn entry_and_depth_limits_stop_work() {
-    let deep = tar_of(&[entry(&vec!["d"; 40].join("/"), "")]);
+    let deep = tar_of(&[TarEntry::file(&vec!["d"; 40].join("/"), "")]);
     let opts = ReadOptions {
         limits: Limits {
             max_depth: 39,
@@ -248,7 +250,11 @@ fn entry_and_depth_limits_stop_work() {
         ..Default::default()
     };
     assert_eq!(apply_rule(&deep, &opts), Some(Rule::LimitDepth));
-    let many = tar_of(&[entry("a", ""), entry("b", ""), entry("c", "")]);
+    let many = tar_of(&[
+        TarEntry::file("a", ""),
+        TarEntry::file("b", ""),
+        TarEntry::file("c", ""),
+    ]);
     let opts = ReadOptions {
         limits: Limits {
             max_entries: 2,
@@ -316,7 +322,7 @@ fn pax_owner_beyond_32_bits_is_refused_not_truncated_to_root() {
 /// with the rule. Never an unnamed EPERM.
 #[test]
 fn user_xattrs_on_symlinks_and_fifos_are_dropped_or_refused_by_name() {
-    use overlayer_harness::case::{EntryType, TarEntry};
+    use overlayer_harness::case::EntryType;
     let special = |path: &str, kind| TarEntry {
         path: path.into(),
         kind,
@@ -325,7 +331,7 @@ fn user_xattrs_on_symlinks_and_fifos_are_dropped_or_refused_by_name() {
         ..Default::default()
     };
     let layer = tar_of(&[
-        entry("f", "f"),
+        TarEntry::file("f", "f"),
         special("l", EntryType::Symlink),
         special("p", EntryType::Fifo),
     ]);
@@ -343,7 +349,6 @@ fn user_xattrs_on_symlinks_and_fifos_are_dropped_or_refused_by_name() {
 /// xattr. Never an unnamed EOPNOTSUPP, ERANGE or E2BIG.
 #[test]
 fn xattrs_linux_cannot_store_are_dropped_or_refused_by_name() {
-    use overlayer_harness::case::TarEntry;
     let with = |path: &str, name: String, value: String| TarEntry {
         path: path.into(),
         text: "x".into(),

@@ -9,46 +9,30 @@ use std::path::{Path, PathBuf};
 
 use overlayer::tree::{capture, diff, Type};
 use overlayer::{ConvertOptions, ReadOptions, Rule};
-use overlayer_harness::case::{build_tar, EntryType, TarEntry};
-
-fn file(path: &str, text: &str) -> TarEntry {
-    TarEntry {
-        path: path.into(),
-        text: text.into(),
-        ..Default::default()
-    }
-}
-
-fn dir(path: &str) -> TarEntry {
-    TarEntry {
-        path: path.into(),
-        kind: EntryType::Dir,
-        ..Default::default()
-    }
-}
+use overlayer_harness::case::{build_tar, TarEntry};
 
 /// Three layers: a base, one that deletes and replaces, one with an opaque
 /// directory.
 fn stack() -> Vec<Vec<u8>> {
     vec![
         build_tar(&[
-            dir("a/"),
-            file("a/b", "base b"),
-            file("a/c", "base c"),
-            dir("keep/"),
-            file("keep/k", "base k"),
-            file("gone", "base gone"),
+            TarEntry::dir("a/"),
+            TarEntry::file("a/b", "base b"),
+            TarEntry::file("a/c", "base c"),
+            TarEntry::dir("keep/"),
+            TarEntry::file("keep/k", "base k"),
+            TarEntry::file("gone", "base gone"),
         ]),
         build_tar(&[
-            file("a/.wh.b", ""),
-            file("gone", "replaced"),
-            file("new", "1"),
+            TarEntry::file("a/.wh.b", ""),
+            TarEntry::file("gone", "replaced"),
+            TarEntry::file("new", "1"),
         ]),
         build_tar(&[
-            dir("a/"),
-            file("a/.wh..wh..opq", ""),
-            file("a/n", "top n"),
-            file("keep/.wh.k", ""),
+            TarEntry::dir("a/"),
+            TarEntry::file("a/.wh..wh..opq", ""),
+            TarEntry::file("a/n", "top n"),
+            TarEntry::file("keep/.wh.k", ""),
         ]),
     ]
     .into_iter()
@@ -176,7 +160,7 @@ fn an_error_names_its_layer_while_the_next_is_read_ahead() {
     let tmp = tempfile::tempdir().unwrap();
     // Layer 0 breaks a rule at its second entry; layer 1 (256 MiB inflated)
     // is inflating meanwhile and must be stopped, not drained.
-    let bad = build_tar(&[file("ok", "x"), file("../escape", "x")]).unwrap();
+    let bad = build_tar(&[TarEntry::file("ok", "x"), TarEntry::file("../escape", "x")]).unwrap();
     let paths = [tmp.path().join("0.tar.gz"), tmp.path().join("1.tar.gz")];
     std::fs::write(&paths[0], gzip(&bad)).unwrap();
     std::fs::write(&paths[1], zeros_layer(256 << 20)).unwrap();

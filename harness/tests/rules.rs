@@ -11,30 +11,16 @@ use overlayer_harness::case::{build_tar, EntryType, TarEntry};
 use overlayer_harness::kernel::{self, Outcome};
 use overlayer_harness::model;
 
-fn file(path: &str, text: &str) -> TarEntry {
-    TarEntry {
-        path: path.into(),
-        text: text.into(),
-        ..Default::default()
-    }
-}
-fn dir(path: &str) -> TarEntry {
-    TarEntry {
-        path: path.into(),
-        kind: EntryType::Dir,
-        ..Default::default()
-    }
-}
 fn dir_mode(path: &str, mode: &str, uid: u32) -> TarEntry {
     TarEntry {
         mode: Some(mode.into()),
         uid,
         gid: uid,
-        ..dir(path)
+        ..TarEntry::dir(path)
     }
 }
 fn marker(path: &str) -> TarEntry {
-    file(path, "")
+    TarEntry::file(path, "")
 }
 fn symlink(path: &str, target: &str) -> TarEntry {
     TarEntry {
@@ -125,7 +111,7 @@ fn names(v: &View) -> Vec<&str> {
 #[test]
 fn whiteout_removes_lower_file_and_leaves_no_marker() {
     let v = view(&[
-        vec![file("a/f", "secret"), file("a/g", "")],
+        vec![TarEntry::file("a/f", "secret"), TarEntry::file("a/g", "")],
         vec![marker("a/.wh.f")],
     ]);
     assert_eq!(names(&v), ["a", "a/g"]);
@@ -133,27 +119,37 @@ fn whiteout_removes_lower_file_and_leaves_no_marker() {
 
 #[test]
 fn whiteout_of_directory_removes_its_whole_tree() {
-    let v = view(&[vec![file("b/x/y", "")], vec![marker(".wh.b")]]);
+    let v = view(&[vec![TarEntry::file("b/x/y", "")], vec![marker(".wh.b")]]);
     assert_eq!(names(&v), Vec::<&str>::new());
 }
 
 #[test]
 fn whiteout_of_missing_name_is_noop() {
-    let v = view(&[vec![file("etc/x", "")], vec![marker("etc/.wh.nosuch")]]);
+    let v = view(&[
+        vec![TarEntry::file("etc/x", "")],
+        vec![marker("etc/.wh.nosuch")],
+    ]);
     assert_eq!(names(&v), ["etc", "etc/x"]);
 }
 
 #[test]
 fn whiteout_of_hidden_name_removes_it() {
-    let v = view(&[vec![file(".baz", "")], vec![marker(".wh..baz")]]);
+    let v = view(&[vec![TarEntry::file(".baz", "")], vec![marker(".wh..baz")]]);
     assert!(names(&v).is_empty());
 }
 
 #[test]
 fn opaque_marker_hides_lower_children() {
     let v = view(&[
-        vec![file("bin/a", ""), file("bin/tools/t", "")],
-        vec![dir("bin/"), marker("bin/.wh..wh..opq"), file("bin/new", "")],
+        vec![
+            TarEntry::file("bin/a", ""),
+            TarEntry::file("bin/tools/t", ""),
+        ],
+        vec![
+            TarEntry::dir("bin/"),
+            marker("bin/.wh..wh..opq"),
+            TarEntry::file("bin/new", ""),
+        ],
     ]);
     assert_eq!(names(&v), ["bin", "bin/new"]);
 }
@@ -161,8 +157,12 @@ fn opaque_marker_hides_lower_children() {
 #[test]
 fn opaque_marker_after_siblings_hides_lower_children() {
     let v = view(&[
-        vec![file("a/b/c/bar", "")],
-        vec![dir("a/"), file("a/b/c/foo", ""), marker("a/.wh..wh..opq")],
+        vec![TarEntry::file("a/b/c/bar", "")],
+        vec![
+            TarEntry::dir("a/"),
+            TarEntry::file("a/b/c/foo", ""),
+            marker("a/.wh..wh..opq"),
+        ],
     ]);
     assert_eq!(names(&v), ["a", "a/b", "a/b/c", "a/b/c/foo"]);
 }
@@ -170,8 +170,12 @@ fn opaque_marker_after_siblings_hides_lower_children() {
 #[test]
 fn opaque_marker_at_root_hides_lower_top_level_names() {
     let v = view(&[
-        vec![file(".baz", ""), file("bar/x", "")],
-        vec![file(".abc", ""), marker(".wh..wh..opq"), file("foobar", "")],
+        vec![TarEntry::file(".baz", ""), TarEntry::file("bar/x", "")],
+        vec![
+            TarEntry::file(".abc", ""),
+            marker(".wh..wh..opq"),
+            TarEntry::file("foobar", ""),
+        ],
     ]);
     assert_eq!(names(&v), [".abc", "foobar"]);
 }
@@ -179,10 +183,10 @@ fn opaque_marker_at_root_hides_lower_top_level_names() {
 #[test]
 fn same_layer_file_named_by_whiteout_survives_in_either_order() {
     for layer in [
-        vec![file("a", "new"), marker(".wh.a")],
-        vec![marker(".wh.a"), file("a", "new")],
+        vec![TarEntry::file("a", "new"), marker(".wh.a")],
+        vec![marker(".wh.a"), TarEntry::file("a", "new")],
     ] {
-        let v = view(&[vec![file("a", "old")], layer]);
+        let v = view(&[vec![TarEntry::file("a", "old")], layer]);
         assert_eq!(v.nodes["a"].text.as_deref(), Some("new"));
     }
 }
@@ -190,8 +194,8 @@ fn same_layer_file_named_by_whiteout_survives_in_either_order() {
 #[test]
 fn whiteout_then_recreate_gives_a_fresh_directory() {
     let v = view(&[
-        vec![file("a1/old", "")],
-        vec![marker(".wh.a1"), file("a1/new", "")],
+        vec![TarEntry::file("a1/old", "")],
+        vec![marker(".wh.a1"), TarEntry::file("a1/new", "")],
     ]);
     assert_eq!(names(&v), ["a1", "a1/new"]);
 }
@@ -199,7 +203,7 @@ fn whiteout_then_recreate_gives_a_fresh_directory() {
 #[test]
 fn nested_whiteouts_under_a_deleted_directory_are_fine() {
     let v = view(&[
-        vec![file("foo/bar", "")],
+        vec![TarEntry::file("foo/bar", "")],
         vec![marker(".wh.foo"), marker("foo/.wh.bar")],
     ]);
     assert!(names(&v).is_empty());
@@ -208,7 +212,7 @@ fn nested_whiteouts_under_a_deleted_directory_are_fine() {
 #[test]
 fn bare_whiteout_is_refused_and_deletes_nothing() {
     assert_eq!(
-        refused(&[vec![file("etc/x", "")], vec![marker("etc/.wh.")]]),
+        refused(&[vec![TarEntry::file("etc/x", "")], vec![marker("etc/.wh.")]]),
         "bare-whiteout"
     );
 }
@@ -222,9 +226,9 @@ fn whiteouts_of_dot_names_are_refused() {
 #[test]
 fn aufs_metadata_never_reaches_the_rootfs() {
     let v = view(&[vec![
-        file(".wh..wh.plnk/1.2", ""),
-        file(".wh..wh.orph", ""),
-        file("x", ""),
+        TarEntry::file(".wh..wh.plnk/1.2", ""),
+        TarEntry::file(".wh..wh.orph", ""),
+        TarEntry::file("x", ""),
     ]]);
     assert_eq!(names(&v), ["x"]);
 }
@@ -235,7 +239,7 @@ fn dir_over_dir_replaces_attributes_and_xattrs_but_keeps_children() {
     lower.xattrs.insert("user.a".into(), "1".into());
     let mut upper = dir_mode("d/", "0755", 0);
     upper.xattrs.insert("user.b".into(), "2".into());
-    let v = view(&[vec![lower, file("d/f", "")], vec![upper]]);
+    let v = view(&[vec![lower, TarEntry::file("d/f", "")], vec![upper]]);
     let d = &v.nodes["d"];
     assert_eq!((d.mode, d.uid), (0o755, 0));
     assert_eq!(d.xattrs.keys().collect::<Vec<_>>(), ["user.b"]);
@@ -244,9 +248,15 @@ fn dir_over_dir_replaces_attributes_and_xattrs_but_keeps_children() {
 
 #[test]
 fn file_becomes_directory_and_back() {
-    let v = view(&[vec![file("a", "")], vec![dir("a/"), file("a/x", "")]]);
+    let v = view(&[
+        vec![TarEntry::file("a", "")],
+        vec![TarEntry::dir("a/"), TarEntry::file("a/x", "")],
+    ]);
     assert_eq!(v.nodes["a"].kind, Type::Dir);
-    let v = view(&[vec![file("a/x", "")], vec![file("a", "f")]]);
+    let v = view(&[
+        vec![TarEntry::file("a/x", "")],
+        vec![TarEntry::file("a", "f")],
+    ]);
     assert_eq!(names(&v), ["a"]);
     assert_eq!(v.nodes["a"].kind, Type::File);
 }
@@ -254,12 +264,15 @@ fn file_becomes_directory_and_back() {
 #[test]
 fn symlink_becomes_directory_and_directory_becomes_symlink() {
     let v = view(&[
-        vec![dir("t/"), symlink("l", "t")],
-        vec![dir("l/"), file("l/x", "")],
+        vec![TarEntry::dir("t/"), symlink("l", "t")],
+        vec![TarEntry::dir("l/"), TarEntry::file("l/x", "")],
     ]);
     assert_eq!(v.nodes["l"].kind, Type::Dir);
     assert!(!v.nodes.contains_key("t/x"));
-    let v = view(&[vec![file("d/x", "")], vec![symlink("d", "/elsewhere")]]);
+    let v = view(&[
+        vec![TarEntry::file("d/x", "")],
+        vec![symlink("d", "/elsewhere")],
+    ]);
     assert_eq!(names(&v), ["d"]);
 }
 
@@ -267,7 +280,7 @@ fn symlink_becomes_directory_and_directory_becomes_symlink() {
 fn implied_parent_keeps_the_lower_directory_metadata() {
     let v = view(&[
         vec![dir_mode("d1/", "0700", 1000)],
-        vec![file("d1/a/b/f", "")],
+        vec![TarEntry::file("d1/a/b/f", "")],
     ]);
     assert_eq!((v.nodes["d1"].mode, v.nodes["d1"].uid), (0o700, 1000));
     assert_eq!(v.nodes["d1/a"].mode, 0o755);
@@ -276,8 +289,8 @@ fn implied_parent_keeps_the_lower_directory_metadata() {
 #[test]
 fn write_through_lower_relative_symlink_lands_at_its_target() {
     let v = view(&[
-        vec![dir("usr/lib/"), symlink("lib", "usr/lib")],
-        vec![file("lib/systemd/x", "")],
+        vec![TarEntry::dir("usr/lib/"), symlink("lib", "usr/lib")],
+        vec![TarEntry::file("lib/systemd/x", "")],
     ]);
     assert!(v.nodes.contains_key("usr/lib/systemd/x"));
     assert_eq!(v.nodes["lib"].kind, Type::Symlink);
@@ -288,7 +301,7 @@ fn absolute_lower_symlink_resolves_inside_the_root() {
     let outside = format!("/tmp/overlayer-must-not-exist-{}", std::process::id());
     let v = view(&[
         vec![symlink("var/run", &outside)],
-        vec![file("var/run/x/file", "")],
+        vec![TarEntry::file("var/run/x/file", "")],
     ]);
     let inside = format!("{}/x/file", outside.trim_start_matches('/'));
     assert!(v.nodes.contains_key(&inside), "{:?}", names(&v));
@@ -299,7 +312,7 @@ fn absolute_lower_symlink_resolves_inside_the_root() {
 fn relative_escape_before_an_absolute_link_stays_inside() {
     let layers = [
         vec![symlink("escape", ".."), symlink("absolute", "/target")],
-        vec![file("escape/absolute/file", "")],
+        vec![TarEntry::file("escape/absolute/file", "")],
     ];
     assert!(view(&layers).nodes.contains_key("target/file"));
     assert!(!Path::new("/target/file").exists());
@@ -308,11 +321,11 @@ fn relative_escape_before_an_absolute_link_stays_inside() {
 #[test]
 fn parent_components_in_names_are_refused() {
     assert_eq!(
-        refused(&[vec![file("../victim/x", "")]]),
+        refused(&[vec![TarEntry::file("../victim/x", "")]]),
         "parent-component"
     );
     assert_eq!(
-        refused(&[vec![file("/../victim/x", "")]]),
+        refused(&[vec![TarEntry::file("/../victim/x", "")]]),
         "parent-component"
     );
 }
@@ -321,7 +334,7 @@ fn parent_components_in_names_are_refused() {
 fn symlink_planted_and_written_through_in_one_layer_stays_inside() {
     let layers = [vec![
         symlink("loophole", "../victim"),
-        file("loophole/file", ""),
+        TarEntry::file("loophole/file", ""),
     ]];
     assert!(view(&layers).nodes.contains_key("victim/file"));
 }
@@ -329,7 +342,7 @@ fn symlink_planted_and_written_through_in_one_layer_stays_inside() {
 #[test]
 fn hardlink_through_an_escaping_symlinked_dir_names_the_in_root_file() {
     let layers = [
-        vec![file("etc/passwd", "root:x:0:0")],
+        vec![TarEntry::file("etc/passwd", "root:x:0:0")],
         vec![symlink("d1", "../../etc"), hardlink("p", "d1/passwd")],
     ];
     let v = view(&layers);
@@ -346,9 +359,9 @@ fn hardlink_to_a_symlink_links_the_symlink_itself() {
 #[test]
 fn cross_layer_hardlink_keeps_old_content_after_overwrite() {
     let v = view(&[
-        vec![file("t2", "123")],
+        vec![TarEntry::file("t2", "123")],
         vec![hardlink("t1", "t2"), hardlink("t3", "t2")],
-        vec![file("t1", "456")],
+        vec![TarEntry::file("t1", "456")],
     ]);
     assert_eq!(v.nodes["t1"].text.as_deref(), Some("456"));
     assert_eq!(v.nodes["t2"].text.as_deref(), Some("123"));
@@ -358,7 +371,7 @@ fn cross_layer_hardlink_keeps_old_content_after_overwrite() {
 #[test]
 fn hardlink_keeps_content_when_its_target_is_removed() {
     let v = view(&[
-        vec![file("a", "x")],
+        vec![TarEntry::file("a", "x")],
         vec![hardlink("b", "a")],
         vec![marker(".wh.a")],
     ]);
@@ -369,7 +382,7 @@ fn hardlink_keeps_content_when_its_target_is_removed() {
 #[test]
 fn hardlink_replaces_an_existing_path() {
     let v = view(&[
-        vec![file("a", "x"), file("b", "y")],
+        vec![TarEntry::file("a", "x"), TarEntry::file("b", "y")],
         vec![hardlink("b", "a")],
     ]);
     assert_eq!(v.nodes["b"].text.as_deref(), Some("x"));
@@ -380,7 +393,7 @@ fn hardlink_header_metadata_is_not_applied() {
     let mut link = hardlink("h", "f");
     link.mode = Some("0600".into());
     link.uid = 1000;
-    let v = view(&[vec![file("f", "x"), link]]);
+    let v = view(&[vec![TarEntry::file("f", "x"), link]]);
     assert_eq!((v.nodes["h"].mode, v.nodes["h"].uid), (0o644, 0));
 }
 
@@ -403,13 +416,13 @@ fn symlink_with_escaping_target_is_kept_verbatim() {
 
 #[test]
 fn duplicate_entries_last_one_wins() {
-    let v = view(&[vec![file("a", "1"), file("a", "2")]]);
+    let v = view(&[vec![TarEntry::file("a", "1"), TarEntry::file("a", "2")]]);
     assert_eq!(v.nodes["a"].text.as_deref(), Some("2"));
 }
 
 #[test]
 fn pax_xattrs_are_applied() {
-    let mut f = file("f", "");
+    let mut f = TarEntry::file("f", "");
     f.xattrs.insert("user.k".into(), "v".into());
     f.xattrs.insert(
         "security.capability".into(),
@@ -423,7 +436,7 @@ fn pax_xattrs_are_applied() {
 #[test]
 fn marker_in_a_directory_that_exists_nowhere_creates_nothing() {
     let v = view(&[
-        vec![file("x", "")],
+        vec![TarEntry::file("x", "")],
         vec![marker("a/.wh.b"), marker("c/.wh..wh..opq")],
     ]);
     assert_eq!(names(&v), ["x"]);
@@ -432,8 +445,8 @@ fn marker_in_a_directory_that_exists_nowhere_creates_nothing() {
 #[test]
 fn opaque_marker_under_same_layer_file_makes_an_empty_directory() {
     let v = view(&[
-        vec![file("o/lower", "")],
-        vec![file("o", ""), marker("o/.wh..wh..opq")],
+        vec![TarEntry::file("o/lower", "")],
+        vec![TarEntry::file("o", ""), marker("o/.wh..wh..opq")],
     ]);
     assert_eq!(names(&v), ["o"]);
     assert_eq!(v.nodes["o"].kind, Type::Dir);
@@ -449,9 +462,9 @@ fn root_entry_updates_root_metadata_and_non_directory_root_is_refused() {
 #[test]
 fn names_with_dot_slash_and_leading_slash_are_one_path() {
     let v = view(&[
-        vec![file("./etc/x", "1")],
-        vec![file("/etc/x", "2")],
-        vec![file("etc/x", "3")],
+        vec![TarEntry::file("./etc/x", "1")],
+        vec![TarEntry::file("/etc/x", "2")],
+        vec![TarEntry::file("etc/x", "3")],
     ]);
     assert_eq!(names(&v), ["etc", "etc/x"]);
     assert_eq!(v.nodes["etc/x"].text.as_deref(), Some("3"));
@@ -460,7 +473,7 @@ fn names_with_dot_slash_and_leading_slash_are_one_path() {
 #[test]
 fn long_names_are_read_from_pax_records() {
     let long = format!("{}/{}", "d".repeat(120), "f".repeat(150));
-    let v = view(&[vec![file(&long, "x")]]);
+    let v = view(&[vec![TarEntry::file(&long, "x")]]);
     assert!(v.nodes.contains_key(&long));
 }
 
@@ -496,8 +509,8 @@ fn whiteout_then_recreate_is_an_opaque_directory_in_overlay_form() {
     }
     let t = convert(
         &[
-            vec![file("a1/old", "")],
-            vec![marker(".wh.a1"), file("a1/new", "")],
+            vec![TarEntry::file("a1/old", "")],
+            vec![marker(".wh.a1"), TarEntry::file("a1/new", "")],
         ],
         ConvertOptions::default(),
     );
@@ -515,8 +528,8 @@ fn userxattr_conversion_marks_user_overlay_opaque() {
         return;
     }
     let layers = [
-        vec![file("bin/a", "")],
-        vec![dir("bin/"), marker("bin/.wh..wh..opq")],
+        vec![TarEntry::file("bin/a", "")],
+        vec![TarEntry::dir("bin/"), marker("bin/.wh..wh..opq")],
     ];
     let t = convert(
         &layers,
@@ -540,8 +553,8 @@ fn no_whiteout_in_the_bottom_layer_or_where_nothing_is_below() {
     }
     let t = convert(
         &[
-            vec![marker(".wh.x"), file("d/f", "")],
-            vec![dir("n/"), marker("n/.wh.y"), marker("d/.wh.zz")],
+            vec![marker(".wh.x"), TarEntry::file("d/f", "")],
+            vec![TarEntry::dir("n/"), marker("n/.wh.y"), marker("d/.wh.zz")],
         ],
         ConvertOptions::default(),
     );
@@ -559,13 +572,13 @@ fn root_opaque_marker_becomes_whiteouts_of_lower_top_level_names() {
         return;
     }
     use std::os::unix::fs::FileTypeExt;
-    let lower = vec![file("old", ""), file("keep/x", "")];
+    let lower = vec![TarEntry::file("old", ""), TarEntry::file("keep/x", "")];
     // Marker after `keep/y`: `keep` is this layer's implied parent, kept and
     // merged, so its lost lower child is a whiteout too.
     let t = convert(
         &[
             lower.clone(),
-            vec![file("keep/y", ""), marker(".wh..wh..opq")],
+            vec![TarEntry::file("keep/y", ""), marker(".wh..wh..opq")],
         ],
         ConvertOptions::default(),
     );
@@ -583,7 +596,10 @@ fn root_opaque_marker_becomes_whiteouts_of_lower_top_level_names() {
     // Marker first: lower `keep` is gone before `keep/y` re-creates it, so
     // the new `keep` is an opaque directory.
     let t = convert(
-        &[lower, vec![marker(".wh..wh..opq"), file("keep/y", "")]],
+        &[
+            lower,
+            vec![marker(".wh..wh..opq"), TarEntry::file("keep/y", "")],
+        ],
         ConvertOptions::default(),
     );
     let keep = t.path().join("l/1/keep");
@@ -599,9 +615,9 @@ fn overlay_private_xattrs_from_a_layer_are_escaped_never_live() {
     if !kernel::available_or_skip("needs root for mknod, trusted xattrs and mounts") {
         return;
     }
-    let mut d = dir("d/");
+    let mut d = TarEntry::dir("d/");
     d.xattrs.insert("trusted.overlay.opaque".into(), "y".into());
-    let layers = [vec![file("d/lower", "")], vec![d]];
+    let layers = [vec![TarEntry::file("d/lower", "")], vec![d]];
     let v = view(&layers);
     assert!(
         v.nodes.contains_key("d/lower"),
@@ -622,7 +638,7 @@ fn lower_layer_hardlink_becomes_a_copy_in_overlay_form() {
         return;
     }
     let t = convert(
-        &[vec![file("a", "x")], vec![hardlink("b", "a")]],
+        &[vec![TarEntry::file("a", "x")], vec![hardlink("b", "a")]],
         ConvertOptions::default(),
     );
     assert_eq!(std::fs::read(t.path().join("l/1/b")).unwrap(), b"x");
@@ -633,7 +649,7 @@ fn lower_layer_hardlink_becomes_a_copy_in_overlay_form() {
 #[test]
 fn gzip_and_zstd_layers_are_detected_by_magic() {
     use std::io::Write;
-    let tar = build_tar(&[file("z", "compressed")]).unwrap();
+    let tar = build_tar(&[TarEntry::file("z", "compressed")]).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
     let gz = gz.finish().unwrap();
@@ -658,7 +674,7 @@ fn pax_global_header_is_ignored() {
     builder.append(&h, &body[..]).unwrap();
     // The global header, then a whole archive (without a second terminator before it).
     let mut bytes = builder.get_ref().clone();
-    bytes.extend_from_slice(&build_tar(&[file("f", "x")]).unwrap());
+    bytes.extend_from_slice(&build_tar(&[TarEntry::file("f", "x")]).unwrap());
     let tmp = tempfile::tempdir().unwrap();
     overlayer::apply_to_new_dir(vec![&bytes[..]], &tmp.path().join("r")).unwrap();
     let listing: Vec<_> = std::fs::read_dir(tmp.path().join("r"))
@@ -671,7 +687,7 @@ fn pax_global_header_is_ignored() {
 #[test]
 fn failed_apply_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
-    let good = build_tar(&[file("a", "x")]).unwrap();
+    let good = build_tar(&[TarEntry::file("a", "x")]).unwrap();
     let bad = build_tar(&[marker("etc/.wh.")]).unwrap();
     let err =
         overlayer::apply_to_new_dir(vec![&good[..], &bad[..]], &tmp.path().join("r")).unwrap_err();
@@ -690,8 +706,8 @@ fn failed_convert_leaves_nothing_behind() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let good = build_tar(&[file("a", "x")]).unwrap();
-    let bad = build_tar(&[file("../x", "")]).unwrap();
+    let good = build_tar(&[TarEntry::file("a", "x")]).unwrap();
+    let bad = build_tar(&[TarEntry::file("../x", "")]).unwrap();
     let err = overlayer::convert_to_new_dir(
         vec![&good[..], &bad[..]],
         &tmp.path().join("l"),
@@ -757,9 +773,9 @@ fn without_cap_mknod_convert_names_the_whiteout_and_xwhiteouts_need_none() {
     let stacks = [
         (
             "whiteouts",
-            vec![vec![file("d/a", "a")], vec![marker("d/.wh.a")]],
+            vec![vec![TarEntry::file("d/a", "a")], vec![marker("d/.wh.a")]],
         ),
-        ("device", vec![vec![file("d/a", "a")], vec![null]]),
+        ("device", vec![vec![TarEntry::file("d/a", "a")], vec![null]]),
     ];
     let run = |name: &str, stack: &[Vec<TarEntry>], extra: &[&str]| {
         let mut args: Vec<String> = vec![];
