@@ -1018,11 +1018,24 @@ fn docker_save(cx: &Ctx, tag: Option<&str>) -> Result<Vec<ImageLayer>> {
 /// neither `manifest.json` nor `index.json` at its root is
 /// [`ImageRule::NotAnImage`], whatever else is wrong with it, so that
 /// `open_any` reads it as a raw layer and the layer rules judge it.
+///
+/// The archive's names are read first, writing nothing: a raw layer given
+/// where an image may be (`unpack`, `hidden`) is not copied into the
+/// scratch directory, unbounded by the limits, before it is found to be no
+/// image.
 fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
     let cx = Ctx {
         image: path,
         root: Path::new(path),
     };
+    if !names_an_image_root(path)? {
+        return Err(cx.err(
+            "",
+            None,
+            ImageRule::NotAnImage,
+            "neither an OCI layout nor a docker save archive",
+        ));
+    }
     let scratch = tempfile::Builder::new()
         .prefix(".overlayer-image-")
         .tempdir()
@@ -1118,6 +1131,31 @@ fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
         return Err(cx.err(&shown(&name), None, rule, format!("the entry {why}")));
     }
     Ok(scratch)
+}
+
+/// Whether the archive at `path` has a regular file `manifest.json` or
+/// `index.json` at its root, read from its headers alone (bodies skipped)
+/// up to the first one found, or to where the archive stops being readable.
+fn names_an_image_root(path: &str) -> Result<bool> {
+    let file = File::open(path).map_err(|e| Error::path(path, "open image", e))?;
+    let reader = crate::layer::decompress(file).map_err(|e| Error::path(path, "read image", e))?;
+    let mut stream = TarStream::new(
+        std::io::BufReader::new(reader),
+        crate::Limits::DEFAULT_MAX_EXTENSION_BYTES,
+    );
+    while let Ok(Some(member)) = stream.next_member() {
+        if member.header.entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        if let Ok(rel) = normalise(&member.path_bytes()) {
+            if let [top] = rel.as_slice() {
+                if top == SAVE_MANIFEST || top == INDEX_JSON {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 enum CopyFault {

@@ -11,23 +11,19 @@ use overlayer_harness::imagefmt::{write_image, ImageFormat};
 use serde_json::{json, Value};
 use sha2::Digest;
 
-fn file(path: &str, text: &str) -> TarEntry {
-    TarEntry {
-        path: path.into(),
-        text: text.into(),
-        ..Default::default()
-    }
-}
-
 /// base: app/.env (a secret), app/main.py; top: deletes the secret, adds a log.
 fn layers() -> Vec<Vec<u8>> {
     vec![
         build_tar(&[
-            file("app/.env", "DB_PASSWORD=hunter2"),
-            file("app/main.py", "print(1)"),
+            TarEntry::file("app/.env", "DB_PASSWORD=hunter2"),
+            TarEntry::file("app/main.py", "print(1)"),
         ])
         .unwrap(),
-        build_tar(&[file("app/.wh..env", ""), file("var/log/x", "started")]).unwrap(),
+        build_tar(&[
+            TarEntry::file("app/.wh..env", ""),
+            TarEntry::file("var/log/x", "started"),
+        ])
+        .unwrap(),
     ]
 }
 
@@ -168,6 +164,41 @@ fn hidden_names_the_deleted_secret_and_its_layer() {
         serde_json::json!([{
             "path": "/app/.env", "layer": 0, "size": 19, "hidden_by": 1, "how": "whiteout"
         }])
+    );
+}
+
+/// A raw layer where an image may be given is read as a layer without
+/// being unpacked into a scratch directory first (which no limit bounds):
+/// with no writable temporary directory, `hidden` and `unpack` of a raw
+/// gzip layer still work, while an image archive, which needs one, says so.
+#[test]
+fn a_raw_layer_given_as_an_image_is_not_unpacked_to_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = tmp.path().join("layer.tar.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &layers()[0]).unwrap();
+    std::fs::write(&layer, gz.finish().unwrap()).unwrap();
+    let image = tmp.path().join("save.tar");
+    write_image(&layers(), ImageFormat::DockerSave, &image).unwrap();
+    let no_tmp = tmp.path().join("no-such-dir");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_overlayer"))
+            .args(args)
+            .env("TMPDIR", &no_tmp)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["hidden", s(&layer), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = tmp.path().join("rootfs");
+    let o = run(&["unpack", s(&layer), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(files(&out), ["app/.env", "app/main.py"]);
+    let o = run(&["hidden", s(&image)]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("temporary directory"),
+        "{stderr}"
     );
 }
 
