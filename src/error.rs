@@ -213,6 +213,9 @@ pub enum ImageRule {
     BadArchive,
     /// A JSON document larger than `image::MAX_DOCUMENT` (64 MiB).
     TooLarge,
+    /// An image archive that unpacks to more bytes or files than
+    /// `--max-bytes` or `--max-entries`.
+    ArchiveTooLarge,
 }
 
 impl ImageRule {
@@ -239,6 +242,7 @@ impl ImageRule {
             ImageRule::PathOutside => "path-outside",
             ImageRule::BadArchive => "bad-archive",
             ImageRule::TooLarge => "too-large",
+            ImageRule::ArchiveTooLarge => "archive-too-large",
         }
     }
 
@@ -273,6 +277,9 @@ impl ImageRule {
             ImageRule::PathOutside => "a name is absolute or climbs out of the image with `..`",
             ImageRule::BadArchive => "the archive cannot be read as a tar",
             ImageRule::TooLarge => "a JSON document is larger than 64 MiB",
+            ImageRule::ArchiveTooLarge => {
+                "the image archive unpacks to more than --max-bytes or --max-entries"
+            }
         }
     }
 }

@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256, Sha512};
 use crate::error::{Error, ImageError, ImageRule, Result};
 use crate::layer::normalise;
 use crate::tar_stream::TarStream;
+use crate::Limits;
 
 /// The annotation naming a manifest's tag in an OCI layout's index.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -129,8 +130,14 @@ pub struct Image {
 /// Opens what a command was given: one OCI layout (`DIR[:TAG]`) or `docker
 /// save` archive (`FILE[:TAG]`), or one or more raw layer tars, bottom first.
 pub fn open_any(args: &[String], platform: &str) -> Result<Image> {
+    open_any_with(args, platform, &Limits::default())
+}
+
+/// [`open_any`], a `docker save` archive unpacked within `limits`
+/// (`max_bytes`, `max_entries`).
+pub fn open_any_with(args: &[String], platform: &str, limits: &Limits) -> Result<Image> {
     if let [one] = args {
-        match open(one, platform) {
+        match open_with(one, platform, limits) {
             Err(Error::Image(e)) if e.rule == ImageRule::NotAnImage => {}
             other => return other,
         }
@@ -155,12 +162,20 @@ pub fn open_any(args: &[String], platform: &str) -> Result<Image> {
 /// archive (`FILE` or `FILE:TAG`, possibly compressed). `platform` is
 /// `os/arch` (`linux/amd64`).
 pub fn open(spec: &str, platform: &str) -> Result<Image> {
+    open_with(spec, platform, &Limits::default())
+}
+
+/// [`open`], a `docker save` archive unpacked within `limits`: its regular
+/// files count against `max_bytes` and `max_entries` as a layer's would,
+/// and an archive past them is [`ImageRule::ArchiveTooLarge`] before the
+/// file that crosses the limit is written.
+pub fn open_with(spec: &str, platform: &str, limits: &Limits) -> Result<Image> {
     let (path, tag) = split_tag(spec);
     let meta = std::fs::metadata(&path).map_err(|e| Error::path(&path, "open image", e))?;
     let (root, scratch) = if meta.is_dir() {
         (PathBuf::from(&path), None)
     } else {
-        let scratch = unpack_archive(&path)?;
+        let scratch = unpack_archive(&path, limits)?;
         (scratch.path().to_path_buf(), Some(scratch))
     };
     let cx = Ctx {
@@ -1023,7 +1038,7 @@ fn docker_save(cx: &Ctx, tag: Option<&str>) -> Result<Vec<ImageLayer>> {
 /// where an image may be (`unpack`, `hidden`) is not copied into the
 /// scratch directory, unbounded by the limits, before it is found to be no
 /// image.
-fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
+fn unpack_archive(path: &str, limits: &Limits) -> Result<tempfile::TempDir> {
     let cx = Ctx {
         image: path,
         root: Path::new(path),
@@ -1052,6 +1067,7 @@ fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
     let mut bad_name: Option<(String, crate::Rule)> = None;
     let mut broken: Option<String> = None;
     let mut unwritable: Option<Error> = None;
+    let (mut files, mut bytes) = (0u64, 0u64);
     loop {
         let member = match stream.next_member() {
             Ok(Some(member)) => member,
@@ -1063,6 +1079,20 @@ fn unpack_archive(path: &str) -> Result<tempfile::TempDir> {
         };
         if member.header.entry_type() != tar::EntryType::Regular {
             continue;
+        }
+        files += 1;
+        bytes = bytes.saturating_add(member.size);
+        if files > limits.max_entries || bytes > limits.max_bytes {
+            let name = String::from_utf8_lossy(&member.path_bytes()).into_owned();
+            return Err(cx.err(
+                &name,
+                None,
+                ImageRule::ArchiveTooLarge,
+                format!(
+                    "{files} files and {bytes} bytes with this one; limits {} files, {} bytes",
+                    limits.max_entries, limits.max_bytes
+                ),
+            ));
         }
         let name = member.path_bytes().into_owned();
         let rel = match normalise(&name) {

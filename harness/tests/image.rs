@@ -202,6 +202,31 @@ fn a_raw_layer_given_as_an_image_is_not_unpacked_to_scratch() {
     );
 }
 
+/// A `docker save` archive's files count against `--max-bytes` and
+/// `--max-entries` while it is unpacked: past them it is refused with
+/// archive-too-large, naming the file that crossed the limit, and no output
+/// is left.
+#[test]
+fn an_image_archive_past_the_limits_is_refused_while_unpacked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("save.tar");
+    write_image(&layers(), ImageFormat::DockerSave, &image).unwrap();
+    let out = tmp.path().join("rootfs");
+    let o = overlayer(&["unpack", s(&image), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&out).unwrap();
+    for limit in [["--max-bytes", "100"], ["--max-entries", "1"]] {
+        let o = overlayer(&["unpack", s(&image), "--out", s(&out), limit[0], limit[1]]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{limit:?}: {stderr}");
+        assert!(
+            stderr.contains("[archive-too-large]"),
+            "{limit:?}: {stderr}"
+        );
+        assert!(!out.exists(), "{limit:?}: output left");
+    }
+}
+
 fn check(args: &[&str]) -> (Option<i32>, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_overlayer"))
         .arg("check")

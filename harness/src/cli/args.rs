@@ -55,10 +55,12 @@ pub(super) struct ReadArgs {
     /// device nodes.
     #[arg(long)]
     strict: bool,
-    /// Most inflated bytes of all layers together.
+    /// Most inflated bytes of all layers together (`unpack`: and of the
+    /// files of a `docker save` archive, unpacked first).
     #[arg(long, default_value_t = Limits::DEFAULT_MAX_BYTES)]
     max_bytes: u64,
-    /// Most entries of all layers together.
+    /// Most entries of all layers together (`unpack`: and files of a
+    /// `docker save` archive).
     #[arg(long, default_value_t = Limits::DEFAULT_MAX_ENTRIES)]
     max_entries: u64,
     /// Largest single file.

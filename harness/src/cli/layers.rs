@@ -86,7 +86,7 @@ pub(super) fn unpack(
     marks: MarkArgs,
     read: ReadArgs,
 ) -> Result<ExitCode> {
-    let img = overlayer::image::open_any(&image, &platform)?;
+    let img = overlayer::image::open_any_with(&image, &platform, &read.options().limits)?;
     let readers = img.readers()?;
     match format {
         UnpackFormat::Flat => {
