@@ -1,6 +1,6 @@
 //! Damaged layers for `overlayer prop --mode damaged`: a generated stack
 //! with one layer compressed (gzip, or zstd with its content checksum) and
-//! one byte of the compressed stream flipped.
+//! one byte of the compressed stream flipped, or the stream cut short.
 //!
 //! RFC 1952 (gzip: CRC-32 and ISIZE in the trailer) and RFC 8878 (zstd:
 //! the frame's content checksum) make such damage detectable wherever it
@@ -17,22 +17,29 @@ use crate::kernel::Outcome;
 use crate::replay::matches_error;
 
 /// Where the damage falls: which layer (modulo the stack's height), which
-/// byte (a fraction of the compressed layer's length), which compression.
+/// byte (a fraction of the compressed layer's length), which compression,
+/// and whether the stream is cut there instead of the byte flipped.
 #[derive(Debug, Clone, Copy)]
 pub struct Damage {
     pub layer_pick: usize,
     pub at_fraction: u32,
     pub zstd: bool,
+    pub cut: bool,
 }
 
 pub fn damage() -> impl Strategy<Value = Damage> {
-    (any::<usize>(), any::<u32>(), prop::bool::weighted(0.25)).prop_map(
-        |(layer_pick, at_fraction, zstd)| Damage {
+    (
+        any::<usize>(),
+        any::<u32>(),
+        prop::bool::weighted(0.25),
+        prop::bool::weighted(0.25),
+    )
+        .prop_map(|(layer_pick, at_fraction, zstd, cut)| Damage {
             layer_pick,
             at_fraction,
             zstd,
-        },
-    )
+            cut,
+        })
 }
 
 impl Damage {
@@ -42,7 +49,9 @@ impl Damage {
     }
 
     /// The case transforms that make the damage to `tar`, the damaged
-    /// layer: its compression, then the flip at a byte of the result.
+    /// layer: its compression, then the flip at a byte of the result, or
+    /// the cut there (keeping at least one byte: an empty file is an empty
+    /// layer, not a damaged one).
     pub fn transforms(self, layer: usize, tar: &[u8]) -> anyhow::Result<Vec<Transform>> {
         let compress = if self.zstd {
             TransformOp::Zstd
@@ -51,16 +60,18 @@ impl Damage {
         };
         let mut compressed = tar.to_vec();
         apply_transform(&mut compressed, &compress)?;
-        let at = (u64::from(self.at_fraction) * compressed.len() as u64) >> 32;
+        let at = ((u64::from(self.at_fraction) * compressed.len() as u64) >> 32) as usize;
+        let damage = if self.cut {
+            TransformOp::Truncate { at: at.max(1) }
+        } else {
+            TransformOp::FlipByte { at: at as i64 }
+        };
         Ok(vec![
             Transform {
                 layer,
                 op: compress,
             },
-            Transform {
-                layer,
-                op: TransformOp::FlipByte { at: at as i64 },
-            },
+            Transform { layer, op: damage },
         ])
     }
 }

@@ -45,9 +45,9 @@ pub enum PropKind {
     /// The same with redirect_dir=on and metacopy=on: renamed lower
     /// directories and metadata-only copy-ups, materialised by export.
     WriteRedirect,
-    /// One layer compressed and one byte of it flipped: apply and
-    /// convert refuse it at that layer, or the view is the intact one's
-    /// (see [`crate::damage`]).
+    /// One layer compressed and one byte of it flipped, or the stream cut
+    /// short: apply and convert refuse it at that layer, or the view is
+    /// the intact one's (see [`crate::damage`]).
     Damaged,
 }
 

@@ -229,8 +229,8 @@ pub(super) enum Command {
         /// The property: `convert` (kernel merge of the conversion),
         /// `roundtrip` (export of the conversion, applied), `write` and
         /// `write-redirect` (writes on a writable overlay, exported), or
-        /// `damaged` (one layer compressed with a byte flipped: refused at
-        /// that layer, or the intact view).
+        /// `damaged` (one layer compressed with a byte flipped or cut
+        /// short: refused at that layer, or the intact view).
         #[arg(long, value_enum, default_value = "convert")]
         mode: prop::PropKind,
         /// Overlay markings of the converted layers.
