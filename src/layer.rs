@@ -483,36 +483,14 @@ impl StackReader {
     /// apply and convert alike (as containerd and Docker skip xattrs the
     /// target refuses).
     fn unstorable_xattrs(&mut self, layer: usize, entry: &mut Entry) -> Result<()> {
-        let unstorable: Vec<String> = entry
-            .meta
-            .xattrs
-            .iter()
-            .filter_map(|(name, value)| {
-                spec::unstorable_xattr(name, value).map(|why| format!("{name:?}: {why}"))
-            })
-            .collect();
-        if unstorable.is_empty() {
-            return Ok(());
-        }
-        if self.opts.strict {
-            return Err(Error::Invalid {
-                layer,
-                entry: entry.name.clone(),
-                rule: Rule::XattrNotStorable,
-                detail: Some(unstorable.join(", ")),
-            });
-        }
-        self.notices.push(Notice {
+        self.drop_xattrs(
             layer,
-            entry: entry.name.clone(),
-            what: "xattrs dropped: Linux cannot store them (a namespace other than security, \
-                   system, trusted or user, an empty or over-255-byte name, or over 64 KiB)",
-        });
-        entry
-            .meta
-            .xattrs
-            .retain(|(name, value)| spec::unstorable_xattr(name, value).is_none());
-        Ok(())
+            entry,
+            Rule::XattrNotStorable,
+            "xattrs dropped: Linux cannot store them (a namespace other than security, \
+             system, trusted or user, an empty or over-255-byte name, or over 64 KiB)",
+            |name, value| spec::unstorable_xattr(name, value).map(|why| format!("{name:?}: {why}")),
+        )
     }
 
     /// xattr(7): `user.*` xattrs exist only on regular files and
@@ -527,33 +505,54 @@ impl StackReader {
         ) {
             return Ok(());
         }
-        let user: Vec<&str> = entry
+        self.drop_xattrs(
+            layer,
+            entry,
+            Rule::UserXattrOnSpecialFile,
+            "user.* xattrs dropped: Linux allows them only on regular files and directories",
+            |name, _| {
+                name.starts_with(spec::USER_XATTR_PREFIX)
+                    .then(|| name.to_string())
+            },
+        )
+    }
+
+    /// The entry's xattrs that `unappliable` describes (why, for the error)
+    /// are refused under `rule` in strict mode, else dropped with `notice`.
+    fn drop_xattrs(
+        &mut self,
+        layer: usize,
+        entry: &mut Entry,
+        rule: Rule,
+        notice: &'static str,
+        unappliable: impl Fn(&str, &[u8]) -> Option<String>,
+    ) -> Result<()> {
+        let found: Vec<String> = entry
             .meta
             .xattrs
             .iter()
-            .map(|(name, _)| name.as_str())
-            .filter(|name| name.starts_with(spec::USER_XATTR_PREFIX))
+            .filter_map(|(name, value)| unappliable(name, value))
             .collect();
-        if user.is_empty() {
+        if found.is_empty() {
             return Ok(());
         }
         if self.opts.strict {
             return Err(Error::Invalid {
                 layer,
                 entry: entry.name.clone(),
-                rule: Rule::UserXattrOnSpecialFile,
-                detail: Some(user.join(", ")),
+                rule,
+                detail: Some(found.join(", ")),
             });
         }
         self.notices.push(Notice {
             layer,
             entry: entry.name.clone(),
-            what: "user.* xattrs dropped: Linux allows them only on regular files and directories",
+            what: notice,
         });
         entry
             .meta
             .xattrs
-            .retain(|(name, _)| !name.starts_with(spec::USER_XATTR_PREFIX));
+            .retain(|(name, value)| unappliable(name, value).is_none());
         Ok(())
     }
 

@@ -115,23 +115,12 @@ pub fn judge(
                 "layer {layer} damaged; {side} fails otherwise: {e}"
             )),
         },
-        (Ok(want), Ok(view)) => {
-            let differences = if kernel {
-                overlayer::tree::diff(view, want)
-            } else {
-                overlayer::tree::diff(want, view)
-            };
-            if differences.is_empty() {
-                Ok(())
-            } else {
-                let shown: Vec<String> =
-                    differences.iter().take(6).map(|d| d.to_string()).collect();
-                Err(format!(
-                    "layer {layer} damaged, {side} accepted it with another view: {}",
-                    shown.join("; ")
-                ))
-            }
-        }
+        (Ok(want), Ok(view)) => match crate::prop::differences(want, view, kernel) {
+            None => Ok(()),
+            Some(shown) => Err(format!(
+                "layer {layer} damaged, {side} accepted it with another view: {shown}"
+            )),
+        },
         (Err(want), Ok(_)) => Err(format!(
             "layer {layer} damaged and the model refuses layer {} with {}; {side} succeeded",
             want.layer, want.rule

@@ -143,20 +143,10 @@ fn agree(
     kernel: bool,
 ) -> Result<(), String> {
     match (model, got) {
-        (Ok(want), Ok(view)) => {
-            let differences = if kernel {
-                diff(view, want)
-            } else {
-                diff(want, view)
-            };
-            if differences.is_empty() {
-                Ok(())
-            } else {
-                let shown: Vec<String> =
-                    differences.iter().take(6).map(|d| d.to_string()).collect();
-                Err(format!("model vs {side}: {}", shown.join("; ")))
-            }
-        }
+        (Ok(want), Ok(view)) => match differences(want, view, kernel) {
+            None => Ok(()),
+            Some(shown) => Err(format!("model vs {side}: {shown}")),
+        },
         (Err(want), Err(e)) if matches_error(want, e) => Ok(()),
         (Err(want), Err(e)) => Err(format!(
             "model refuses with {} at layer {} entry {:?}; {side} says: {e}",
@@ -168,6 +158,22 @@ fn agree(
         )),
         (Ok(_), Err(e)) => Err(format!("model succeeds; {side} fails: {e}")),
     }
+}
+
+/// The first differences between the model's view and a side's, if any;
+/// `kernel`: the side is the kernel's (its view is the reference).
+pub(crate) fn differences(
+    want: &overlayer::tree::View,
+    got: &overlayer::tree::View,
+    kernel: bool,
+) -> Option<String> {
+    let found = if kernel {
+        diff(got, want)
+    } else {
+        diff(want, got)
+    };
+    let shown: Vec<String> = found.iter().take(6).map(|d| d.to_string()).collect();
+    (!shown.is_empty()).then(|| shown.join("; "))
 }
 
 /// Checks one stack with one layer damaged (see [`crate::damage`]).
@@ -238,19 +244,12 @@ pub fn check_write(
             flat,
             export,
             ..
-        } => {
-            let differences = diff(&kernel, &flat);
-            if differences.is_empty() {
-                Ok(Checked::Written(export))
-            } else {
-                let shown: Vec<String> =
-                    differences.iter().take(6).map(|d| d.to_string()).collect();
-                Err(format!(
-                    "kernel after writes vs apply(lowers + export): {}",
-                    shown.join("; ")
-                ))
-            }
-        }
+        } => match differences(&flat, &kernel, true) {
+            None => Ok(Checked::Written(export)),
+            Some(shown) => Err(format!(
+                "kernel after writes vs apply(lowers + export): {shown}"
+            )),
+        },
     }
 }
 
