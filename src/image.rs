@@ -1055,15 +1055,7 @@ fn unpack_archive(path: &str, limits: &Limits) -> Result<tempfile::TempDir> {
         .prefix(".overlayer-image-")
         .tempdir()
         .map_err(|e| Error::path("temporary directory", "create", e))?;
-    let file = File::open(path).map_err(|e| Error::path(path, "open image", e))?;
-    let reader = crate::layer::decompress(file).map_err(|e| Error::path(path, "read image", e))?;
-    // Headers are read by the layer reader's stream, so an extension record
-    // (PAX, GNU long name) is bounded as in a layer.
-    let mut stream = TarStream::new(
-        std::io::BufReader::new(reader),
-        crate::Limits::DEFAULT_MAX_EXTENSION_BYTES,
-    );
-    let mut image_like = false;
+    let mut stream = archive_stream(path)?;
     let mut bad_name: Option<(String, crate::Rule)> = None;
     let mut broken: Option<String> = None;
     let mut unwritable: Option<Error> = None;
@@ -1103,9 +1095,6 @@ fn unpack_archive(path: &str, limits: &Limits) -> Result<tempfile::TempDir> {
                 continue;
             }
         };
-        if let [top] = rel.as_slice() {
-            image_like |= top == SAVE_MANIFEST || top == INDEX_JSON;
-        }
         if rel.is_empty() {
             continue;
         }
@@ -1133,14 +1122,6 @@ fn unpack_archive(path: &str, limits: &Limits) -> Result<tempfile::TempDir> {
             Err(CopyFault::Write(e)) => return Err(Error::path(dest.display(), "write", e)),
         }
     }
-    if !image_like {
-        return Err(cx.err(
-            "",
-            None,
-            ImageRule::NotAnImage,
-            "neither an OCI layout nor a docker save archive",
-        ));
-    }
     if let Some(e) = broken {
         return Err(cx.err("", None, ImageRule::BadArchive, e));
     }
@@ -1167,12 +1148,7 @@ fn unpack_archive(path: &str, limits: &Limits) -> Result<tempfile::TempDir> {
 /// `index.json` at its root, read from its headers alone (bodies skipped)
 /// up to the first one found, or to where the archive stops being readable.
 fn names_an_image_root(path: &str) -> Result<bool> {
-    let file = File::open(path).map_err(|e| Error::path(path, "open image", e))?;
-    let reader = crate::layer::decompress(file).map_err(|e| Error::path(path, "read image", e))?;
-    let mut stream = TarStream::new(
-        std::io::BufReader::new(reader),
-        crate::Limits::DEFAULT_MAX_EXTENSION_BYTES,
-    );
+    let mut stream = archive_stream(path)?;
     while let Ok(Some(member)) = stream.next_member() {
         if member.header.entry_type() != tar::EntryType::Regular {
             continue;
@@ -1186,6 +1162,18 @@ fn names_an_image_root(path: &str) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// The members of the archive at `path`, inflated by its magic. Headers
+/// are read by the layer reader's stream, so an extension record (PAX, GNU
+/// long name) is bounded as in a layer.
+fn archive_stream(path: &str) -> Result<TarStream<std::io::BufReader<Box<dyn Read>>>> {
+    let file = File::open(path).map_err(|e| Error::path(path, "open image", e))?;
+    let reader = crate::layer::decompress(file).map_err(|e| Error::path(path, "read image", e))?;
+    Ok(TarStream::new(
+        std::io::BufReader::new(reader),
+        crate::Limits::DEFAULT_MAX_EXTENSION_BYTES,
+    ))
 }
 
 enum CopyFault {

@@ -407,10 +407,9 @@ impl StackReader {
             let member = match stream.next_member() {
                 Ok(Some(member)) => member,
                 Ok(None) if compressed => {
-                    return match stream.read_past_end() {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(corrupt(ARCHIVE_END, format!("after {last}: {e}"))),
-                    }
+                    return stream
+                        .read_past_end()
+                        .map_err(|e| corrupt(ARCHIVE_END, format!("after {last}: {e}")));
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(stream_error(layer, last, e)),

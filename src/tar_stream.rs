@@ -358,18 +358,16 @@ impl<R: BufRead> TarStream<R> {
     /// and drops it, so that a compressed layer's own checks (the gzip
     /// trailer's CRC-32 and size, a zstd frame's checksum, no garbage after
     /// the last member) run: a tar reader stops at the first zero block,
-    /// before the decompressor has reached them. Returns the bytes read.
-    pub(crate) fn read_past_end(&mut self) -> io::Result<u64> {
-        let mut read = 0;
+    /// before the decompressor has reached them.
+    pub(crate) fn read_past_end(&mut self) -> io::Result<()> {
         loop {
             let n = match self.inner.fill_buf() {
-                Ok([]) => return Ok(read),
+                Ok([]) => return Ok(()),
                 Ok(buf) => buf.len(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             self.inner.consume(n);
-            read += n as u64;
         }
     }
 
